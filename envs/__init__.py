@@ -1,0 +1,1 @@
+"""Partially observable tasks."""

@@ -1,0 +1,1 @@
+"""SB3 policies and feature extractors."""

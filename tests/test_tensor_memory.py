@@ -1,0 +1,154 @@
+"""The Tensor Memory module: state, resets, gradients, stability, the block wrapper and bad inputs."""
+
+import pytest
+import torch
+
+from tmem_agents.memory import MemoryBlock, TensorMemory, TensorMemoryConfig
+from tmem_agents.transformer import PreNormBlock
+
+
+def _memory(dim=8, **kwargs):
+    torch.manual_seed(0)
+    config = TensorMemoryConfig(**{"grid": (4, 4, 4), "channels": 4, "chunk_size": 2, **kwargs})
+    return TensorMemory(config, dim)
+
+
+def test_shapes_and_state_size_never_grow():
+    memory = _memory()
+    state = memory.init_state(3)
+    assert state.batch_size == torch.Size([3])
+    assert state["h"].shape == (3, 4, 4, 4, 4) and state["c"].shape == (3, 4, 4, 4, 4)
+    sizes = {}
+    with torch.no_grad():
+        for step in range(1, 10_001):
+            out, state = memory(torch.randn(3, 5, 8), state)
+            if step in (1, 100, 10_000):
+                sizes[step] = (sum(t.numel() for t in state.values()), state.bytes())
+    assert out.shape == (3, 5, 8)
+    assert sizes[1] == sizes[100] == sizes[10_000]
+    assert sizes[1][0] == 3 * memory.config.state_numel
+    assert sizes[1][1] == 2 * 3 * 4 * 64 * 4  # two float32 grids per env
+
+
+def test_state_stays_finite_and_bounded_over_10k_steps():
+    memory = _memory()
+    state = memory.init_state(4)
+    with torch.no_grad():
+        for _ in range(10_000):
+            _, state = memory(torch.randn(4, 2, 8) * 3, state)
+    h, c = state["h"], state["c"]
+    assert torch.isfinite(h).all() and torch.isfinite(c).all()
+    assert h.abs().max() <= 1.0  # h = sig(o) tanh(c)
+    assert c.abs().max() < 1e3
+
+
+def test_reset_zeroes_only_flagged_envs():
+    memory = _memory()
+    state = memory.init_state(4)
+    with torch.no_grad():
+        _, state = memory(torch.randn(4, 4, 8), state)
+    reset = memory.reset(state, torch.tensor([True, False, True, False]))
+    for key in ("h", "c"):
+        assert torch.count_nonzero(reset[key][[0, 2]]) == 0
+        assert torch.equal(reset[key][[1, 3]], state[key][[1, 3]])
+    with pytest.raises(ValueError, match="episode_starts"):
+        memory.reset(state, torch.zeros(3, dtype=torch.bool))
+
+
+def test_backprop_through_64_steps_reaches_the_first_tokens():
+    memory = _memory(chunk_size=1)
+    state = memory.init_state(2)
+    first = torch.randn(2, 1, 8, requires_grad=True)
+    out, state = memory(first, state)
+    for _ in range(63):
+        out, state = memory(torch.randn(2, 1, 8), state)
+    out.sum().backward()
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_chunks_are_sequential_memory_steps():
+    memory = _memory(chunk_size=2)
+    tokens = torch.randn(2, 6, 8)
+    state = memory.init_state(2)
+    whole, whole_state = memory(tokens, state)
+    parts = []
+    for start in range(0, 6, 2):
+        out, state = memory(tokens[:, start : start + 2], state)
+        parts.append(out)
+    assert torch.allclose(whole, torch.cat(parts, 1), atol=1e-6)
+    assert torch.allclose(whole_state["h"], state["h"], atol=1e-6)
+    # every token of a chunk gets its chunk's read
+    assert torch.equal(whole[:, 0], whole[:, 1])
+
+
+def test_memory_output_depends_on_what_was_written():
+    memory = _memory(chunk_size=1)
+    state = memory.init_state(1)
+    probe = torch.randn(1, 1, 8)
+    _, blank = memory(torch.zeros(1, 1, 8), state)
+    _, written = memory(torch.randn(1, 1, 8) * 3, state)
+    read_blank, _ = memory(probe, blank)
+    read_written, _ = memory(probe, written)
+    assert not torch.allclose(read_blank, read_written)
+
+
+def test_detached_block_is_bit_identical_to_the_bare_block():
+    torch.manual_seed(1)
+    block = PreNormBlock(8, heads=2)
+    memory = _memory()
+    wrapped = MemoryBlock(block, memory)
+    x = torch.randn(3, 4, 8)
+    with_memory, state = wrapped(x, memory.init_state(3))
+    assert state is not None and not torch.equal(with_memory, block(x))
+    assert wrapped.detach_memory() is memory
+    detached, untouched = wrapped(x, None)
+    assert untouched is None
+    assert torch.equal(detached, block(x))
+    wrapped.attach(memory)
+    again, _ = wrapped(x, memory.init_state(3))
+    assert torch.equal(again, with_memory)
+
+
+def test_memory_shared_across_blocks_and_any_block_module():
+    memory = _memory()
+    layers = [MemoryBlock(PreNormBlock(8, heads=2), memory), MemoryBlock(torch.nn.Linear(8, 8), memory)]
+    state = memory.init_state(2)
+    x = torch.randn(2, 4, 8)
+    for layer in layers:
+        x, state = layer(x, state)
+    assert x.shape == (2, 4, 8)
+    params = {id(p) for layer in layers for p in layer.parameters()}
+    assert all(id(p) in params for p in memory.parameters())
+    assert torch.sigmoid(layers[0].gate).item() == pytest.approx(torch.sigmoid(torch.tensor(-2.0)).item())
+
+
+def test_bad_inputs_raise_clear_errors():
+    memory = _memory()
+    state = memory.init_state(2)
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, N, 8\)"):
+        memory(torch.randn(2, 3, 7), state)
+    with pytest.raises(ValueError, match="state\\['h'\\] must have shape"):
+        memory(torch.randn(3, 3, 8), state)
+    with pytest.raises(ValueError, match="NaN"):
+        memory(torch.full((2, 3, 8), float("nan")), state)
+    with pytest.raises(ValueError, match="needs the memory state"):
+        MemoryBlock(torch.nn.Identity(), memory)(torch.randn(2, 3, 8))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("grid", (1, 8, 8)),
+        ("grid", (8, 8)),
+        ("channels", 0),
+        ("chunk_size", 0),
+        ("sigma_scale", -1.0),
+        ("write_radius", -2),
+        ("backend", "cuda"),
+        ("padding_mode", "reflect"),
+        ("gate_init", float("nan")),
+    ],
+)
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TensorMemoryConfig(**{field: value})

@@ -1,0 +1,1 @@
+"""PPO with a constant-size recurrent state."""

@@ -1,0 +1,84 @@
+"""Configuration of a Tensor Memory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tmem_agents.ops.dispatch import BACKENDS, PADDING_MODES
+
+
+@dataclass
+class TensorMemoryConfig:
+    """Hyperparameters of one Tensor Memory.
+
+    Attributes:
+        grid: ``(D, H, W)`` cells of the memory grid, each >= 2.
+        channels: ``C``, feature channels per cell.
+        chunk_size: tokens per memory step; each chunk reads once and writes once.
+        sigma_scale: scale of the write spread ``sigma`` (grid units, ``[-1, 1]`` per axis).
+        sigma_bias_init: initial bias of the spread head (softplus(1.0) ~ 1.3 before scaling).
+        write_radius: ``None`` for the dense write, else ``R``: only the ``(2R+1)^3`` cells around
+            the nearest cell receive the write (for large grids).
+        gate_init: initial logit of the fusion gate, ``sigmoid(-2) ~ 0.12``.
+        padding_mode: read padding, ``"border"`` (reference) or ``"zeros"``.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`tmem_agents.ops.dispatch`).
+        check_inputs: raise on NaN or infinite tokens (one reduction per call).
+    """
+
+    grid: tuple[int, int, int] = (8, 8, 8)
+    channels: int = 16
+    chunk_size: int = 4
+    sigma_scale: float = 1.0
+    sigma_bias_init: float = 1.0
+    write_radius: int | None = None
+    gate_init: float = -2.0
+    padding_mode: str = "border"
+    backend: str = "auto"
+    check_inputs: bool = True
+
+    def __post_init__(self) -> None:
+        self.grid = tuple(self.grid)
+        if len(self.grid) != 3 or not all(_is_int(s) and s >= 2 for s in self.grid):
+            raise ValueError(f"TensorMemoryConfig.grid must be three ints (D, H, W), each >= 2; got {self.grid!r}")
+        self.grid = tuple(int(s) for s in self.grid)
+        _require_int("channels", self.channels, 1)
+        _require_int("chunk_size", self.chunk_size, 1)
+        _require_positive("sigma_scale", self.sigma_scale)
+        _require_finite("sigma_bias_init", self.sigma_bias_init)
+        _require_finite("gate_init", self.gate_init)
+        if self.write_radius is not None:
+            _require_int("write_radius", self.write_radius, 0, "or None for the dense write")
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(
+                f"TensorMemoryConfig.padding_mode must be one of {PADDING_MODES}; got {self.padding_mode!r}"
+            )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"TensorMemoryConfig.backend must be one of {BACKENDS}; got {self.backend!r}")
+
+    @property
+    def state_numel(self) -> int:
+        """Numbers held per env: ``h`` and ``c``, each ``C * D * H * W``."""
+        return 2 * self.channels * math.prod(self.grid)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require_int(name: str, value: object, minimum: int, hint: str = "") -> None:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(
+            f"TensorMemoryConfig.{name} must be an int >= {minimum} {hint}; got {value!r}".replace("  ", " ")
+        )
+
+
+def _require_finite(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"TensorMemoryConfig.{name} must be a finite number; got {value!r}")
+
+
+def _require_positive(name: str, value: object) -> None:
+    _require_finite(name, value)
+    if value <= 0:
+        raise ValueError(f"TensorMemoryConfig.{name} must be > 0; got {value!r}")
