@@ -38,8 +38,10 @@ class TensorMemory(nn.Module):
         self.write_proj = nn.Linear(config.chunk_size * token_dim, token_dim)
         self.coord = nn.Linear(token_dim, 3)
         self.content = nn.Linear(token_dim, channels)
-        self.spread = nn.Linear(token_dim, 1)
-        nn.init.constant_(self.spread.bias, config.sigma_bias_init)
+        # the spread's bias is its own parameter so that weight initialisers that zero Linear biases
+        # (SB3's orthogonal init) keep writes starting with a non-zero spread
+        self.spread = nn.Linear(token_dim, 1, bias=False)
+        self.spread_bias = nn.Parameter(torch.tensor(float(config.sigma_bias_init)))
         self.update = FactorizedGateConv(channels)
         self.out_proj = nn.Linear(channels, token_dim)
 
@@ -71,7 +73,9 @@ class TensorMemory(nn.Module):
 
     def write_terms(self, x_write: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Content ``(..., C)``, location ``(..., 3)`` and spread ``(...)`` of a write input ``(..., d)``."""
-        sigma = self.config.sigma_scale * (F.softplus(self.spread(x_write)).squeeze(-1) + SIGMA_FLOOR)
+        sigma = self.config.sigma_scale * (
+            F.softplus(self.spread(x_write).squeeze(-1) + self.spread_bias) + SIGMA_FLOOR
+        )
         return self.content(x_write), self.coordinates(x_write), sigma
 
     def _check(self, tokens: torch.Tensor, state: TensorDict) -> None:

@@ -1,0 +1,81 @@
+"""The recurrent feature-extractor protocol shared by every memory and baseline.
+
+An extractor maps observations and a state to features and a new state:
+
+* ``initial_state(batch_size)`` -> ``TensorDict(batch_size=[B])`` (empty for stateless extractors);
+* ``step(obs, state, episode_starts)`` -> ``(features (B, F), state)``: one env step, zeroing the
+  state of envs whose episode starts here;
+* ``sequence(obs, state, episode_starts)`` -> ``(features (T, B, F), state)``: ``T`` steps from ``state``,
+  for training on stored chunks.
+
+Observations arrive preprocessed by SB3 (images scaled to ``[0, 1]``, discrete spaces one-hot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gymnasium as gym
+import torch
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from tensordict import TensorDict
+
+Obs = torch.Tensor | dict[str, torch.Tensor]
+
+
+def map_obs(fn: Callable[[torch.Tensor], torch.Tensor], obs: Obs) -> Obs:
+    """Apply ``fn`` to an observation tensor, or to each entry of a dict observation."""
+    if isinstance(obs, dict):
+        return {key: fn(value) for key, value in obs.items()}
+    return fn(obs)
+
+
+def obs_batch_size(obs: Obs) -> int:
+    """Leading dimension of an observation batch."""
+    return next(iter(obs.values())).shape[0] if isinstance(obs, dict) else obs.shape[0]
+
+
+def reset_state(state: TensorDict, episode_starts: torch.Tensor) -> TensorDict:
+    """Zero the state of the envs flagged in ``episode_starts`` ``(B,)``; others untouched."""
+    if state.is_empty():
+        return state
+    keep = 1.0 - episode_starts.to(torch.float32)
+    return state.apply(lambda t: t * keep.to(t.dtype).view(-1, *([1] * (t.dim() - 1))))
+
+
+class RecurrentFeaturesExtractor(BaseFeaturesExtractor):
+    """Base class of the extractors: subclasses implement ``initial_state`` and ``forward_step``.
+
+    ``forward(obs)`` (SB3's stateless call) runs one step from the initial state.
+    """
+
+    def __init__(self, observation_space: gym.Space, features_dim: int) -> None:
+        super().__init__(observation_space, features_dim)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> TensorDict:
+        """State at an episode start for ``batch_size`` envs."""
+        return TensorDict({}, batch_size=[batch_size], device=device)
+
+    def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
+        """One step from a state already reset where episodes start: obs ``(B, ...)`` -> features ``(B, F)``."""
+        raise NotImplementedError
+
+    def step(self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor) -> tuple[torch.Tensor, TensorDict]:
+        """One env step: obs ``(B, ...)``, state ``[B]``, episode_starts ``(B,)`` -> (features ``(B, F)``, state)."""
+        return self.forward_step(obs, reset_state(state, episode_starts))
+
+    def sequence(self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor) -> tuple[torch.Tensor, TensorDict]:
+        """``T`` steps: obs ``(T, B, ...)``, state ``[B]``, episode_starts ``(T, B)`` -> (features ``(T, B, F)``, state)."""
+        features = []
+        for t in range(episode_starts.shape[0]):
+            out, state = self.step(map_obs(lambda x, t=t: x[t], obs), state, episode_starts[t])
+            features.append(out)
+        return torch.stack(features), state
+
+    def forward(self, observations: Obs) -> torch.Tensor:
+        batch = obs_batch_size(observations)
+        features, _ = self.forward_step(observations, self.initial_state(batch, self._device()))
+        return features
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,145 @@
+"""Actor-critic policy whose features come from a recurrent extractor carrying a state between steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
+from tensordict import TensorDict
+from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
+from tmem_agents.policies.tensor_memory_extractor import TensorMemoryExtractor
+
+
+class RecurrentActorCriticPolicy(ActorCriticPolicy):
+    """SB3 ``ActorCriticPolicy`` over a :class:`RecurrentFeaturesExtractor`.
+
+    The state is a ``TensorDict(batch_size=[n_envs])`` with the extractor's state under ``"pi"``, and, when
+    the extractor is not shared, the critic's own under ``"vf"``. The critic always sees a memory trained
+    by the value loss: the shared extractor by default, or its own.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        lr_schedule: Any,
+        features_extractor_class: type[RecurrentFeaturesExtractor] = TensorMemoryExtractor,
+        **kwargs: Any,
+    ) -> None:
+        if not (
+            isinstance(features_extractor_class, type)
+            and issubclass(features_extractor_class, RecurrentFeaturesExtractor)
+        ):
+            raise TypeError(
+                f"features_extractor_class must be a RecurrentFeaturesExtractor subclass (e.g. TensorMemoryExtractor, "
+                f"LSTMExtractor, StatelessExtractor), got {features_extractor_class!r}"
+            )
+        super().__init__(
+            observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
+        )
+
+    def _extractors(self) -> dict[str, RecurrentFeaturesExtractor]:
+        if self.share_features_extractor:
+            return {"pi": self.features_extractor}
+        return {"pi": self.pi_features_extractor, "vf": self.vf_features_extractor}
+
+    def initial_state(self, n_envs: int) -> TensorDict:
+        """State at an episode start for ``n_envs`` envs."""
+        states = {key: ex.initial_state(n_envs, self.device) for key, ex in self._extractors().items()}
+        return TensorDict(states, batch_size=[n_envs], device=self.device)
+
+    def _preprocess(self, obs: Obs, leading: tuple[int, ...]) -> Obs:
+        """SB3 preprocessing on ``(*leading, ...)`` observations (flattened for it, then restored)."""
+        count = int(np.prod(leading))
+        flat = map_obs(lambda x: x.reshape(count, *x.shape[len(leading) :]), obs)
+        flat = preprocess_obs(flat, self.observation_space, normalize_images=self.normalize_images)
+        return map_obs(lambda x: x.reshape(*leading, *x.shape[1:]), flat)
+
+    def _features(
+        self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, TensorDict]:
+        """Actor and critic features for one step ``(B, ...)`` or a sequence ``(T, B, ...)``."""
+        sequence = episode_starts.dim() == 2
+        obs = self._preprocess(obs, tuple(episode_starts.shape))
+        new_state, features = {}, {}
+        for key, extractor in self._extractors().items():
+            run = extractor.sequence if sequence else extractor.step
+            features[key], new_state[key] = run(obs, state[key], episode_starts)
+        new_state = TensorDict(new_state, batch_size=state.batch_size, device=state.device)
+        return features["pi"], features.get("vf", features["pi"]), new_state
+
+    def forward(  # type: ignore[override]
+        self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TensorDict]:
+        """One step for ``B`` envs -> (actions, values ``(B,)``, log-probs ``(B,)``, new state)."""
+        pi_features, vf_features, state = self._features(obs, state, episode_starts)
+        latent_pi, latent_vf = (
+            self.mlp_extractor.forward_actor(pi_features),
+            self.mlp_extractor.forward_critic(vf_features),
+        )
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        actions = actions.reshape((-1, *self.action_space.shape))
+        return actions, self.value_net(latent_vf).flatten(), log_prob, state
+
+    def evaluate_sequences(
+        self, obs: Obs, actions: torch.Tensor, state: TensorDict, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Replay ``T`` steps of ``B`` sequences from ``state`` -> values, log-probs, entropy, each ``(T, B)``."""
+        steps, batch = episode_starts.shape
+        pi_features, vf_features, _ = self._features(obs, state, episode_starts)
+        latent_pi = self.mlp_extractor.forward_actor(pi_features.flatten(0, 1))
+        latent_vf = self.mlp_extractor.forward_critic(vf_features.flatten(0, 1))
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        flat_actions = actions.reshape(steps * batch, *actions.shape[2:])
+        if isinstance(self.action_space, spaces.Discrete):
+            flat_actions = flat_actions.long().flatten()
+        log_prob = distribution.log_prob(flat_actions).view(steps, batch)
+        entropy = distribution.entropy()
+        entropy = None if entropy is None else entropy.view(steps, batch)
+        return self.value_net(latent_vf).view(steps, batch), log_prob, entropy
+
+    def predict_values(  # type: ignore[override]
+        self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor
+    ) -> torch.Tensor:
+        """Critic values ``(B,)`` of one step from ``state``."""
+        _, vf_features, _ = self._features(obs, state, episode_starts)
+        return self.value_net(self.mlp_extractor.forward_critic(vf_features)).flatten()
+
+    def predict(  # type: ignore[override]
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: TensorDict | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, TensorDict]:
+        """Actions for numpy observations, carrying ``state`` (``None`` = start of episodes), as sb3-contrib.
+
+        Returns ``(actions, state)``; pass both back in on the next call with ``episode_start`` set to the
+        previous step's ``done`` flags, as SB3's ``evaluate_policy`` does.
+        """
+        self.set_training_mode(False)
+        obs, vectorized = self.obs_to_tensor(observation)
+        n_envs = next(iter(obs.values())).shape[0] if isinstance(obs, dict) else obs.shape[0]
+        if state is None:
+            state = self.initial_state(n_envs)
+        if episode_start is None:
+            episode_start = np.zeros(n_envs, dtype=bool)
+        starts = torch.as_tensor(np.asarray(episode_start).reshape(n_envs), dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            actions, _, _, state = self.forward(obs, state, starts, deterministic=deterministic)
+        actions = actions.cpu().numpy().reshape((-1, *self.action_space.shape))
+        if isinstance(self.action_space, spaces.Box):
+            if self.squash_output:
+                actions = self.unscale_action(actions)
+            else:
+                actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        if not vectorized:
+            actions = actions.squeeze(axis=0)
+        return actions, state

@@ -1,0 +1,66 @@
+"""LSTM and GRU baselines on the recurrent-extractor protocol."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import torch
+from tensordict import TensorDict
+from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, reset_state
+from tmem_agents.policies.encoders import base_encoder
+from torch import nn
+
+
+class RNNExtractor(RecurrentFeaturesExtractor):
+    """SB3's encoder, then a one-layer LSTM or GRU of ``features_dim`` units; the features are its output.
+
+    State: ``{"h": (B, F)}`` (GRU) or ``{"h", "c"}`` (LSTM). The sequence form encodes all ``T * B``
+    observations in one batch and runs the cell through time, zeroing the state where episodes start.
+    """
+
+    cell_type = "lstm"
+
+    def __init__(self, observation_space: gym.Space, features_dim: int = 64) -> None:
+        super().__init__(observation_space, features_dim)
+        self.encoder = base_encoder(observation_space)
+        rnn = nn.LSTM if self.cell_type == "lstm" else nn.GRU
+        self.rnn = rnn(self.encoder.features_dim, features_dim)
+        self.keys = ("h", "c") if self.cell_type == "lstm" else ("h",)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> TensorDict:
+        zeros = torch.zeros(batch_size, self.features_dim, device=device or self._device())
+        return TensorDict({key: zeros.clone() for key in self.keys}, batch_size=[batch_size], device=device)
+
+    def _run(self, encoded: torch.Tensor, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
+        """``encoded (T, B, E)`` through the cell from ``state`` (no resets inside)."""
+        hidden = tuple(state[key].unsqueeze(0).contiguous() for key in self.keys)
+        out, hidden = self.rnn(encoded, hidden if self.cell_type == "lstm" else hidden[0])
+        hidden = hidden if self.cell_type == "lstm" else (hidden,)
+        new = TensorDict({key: h.squeeze(0) for key, h in zip(self.keys, hidden)}, batch_size=state.batch_size)
+        return out, new
+
+    def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
+        out, state = self._run(self.encoder(obs).unsqueeze(0), state)
+        return out.squeeze(0), state
+
+    def sequence(self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor) -> tuple[torch.Tensor, TensorDict]:
+        steps, batch = episode_starts.shape
+        encoded = self.encoder(map_obs(lambda x: x.reshape(steps * batch, *x.shape[2:]), obs)).view(steps, batch, -1)
+        # run the fused cell over the stretches between episode starts
+        starts = [0] + [t for t in range(1, steps) if bool(episode_starts[t].any())] + [steps]
+        outputs = []
+        for begin, end in zip(starts[:-1], starts[1:]):
+            out, state = self._run(encoded[begin:end], reset_state(state, episode_starts[begin]))
+            outputs.append(out)
+        return torch.cat(outputs), state
+
+
+class LSTMExtractor(RNNExtractor):
+    """LSTM baseline (state ``h``, ``c``)."""
+
+    cell_type = "lstm"
+
+
+class GRUExtractor(RNNExtractor):
+    """GRU baseline (state ``h``)."""
+
+    cell_type = "gru"

@@ -1,0 +1,94 @@
+"""Observations to tokens ``(B, N, d)`` for the Tensor Memory extractor.
+
+* vectors: consecutive groups of ``group_size`` dims, each group with its own projection;
+* images: a stride-2 conv stem down to at most 8x8 cells, one token per cell, plus learned positions;
+* dicts: each key tokenized, plus a learned key embedding, all concatenated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space, is_image_space_channels_first
+from tmem_agents.policies.encoders import check_observation_space
+from torch import nn
+
+MAX_IMAGE_GRID = 8
+
+
+class VectorTokenizer(nn.Module):
+    """``(B, obs_dim)`` -> ``(B, ceil(obs_dim / group_size), d)``; zero-pads the last group."""
+
+    def __init__(self, obs_dim: int, token_dim: int, group_size: int = 4) -> None:
+        super().__init__()
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        self.obs_dim = obs_dim
+        self.group_size = min(group_size, obs_dim)
+        self.num_tokens = math.ceil(obs_dim / self.group_size)
+        bound = 1.0 / math.sqrt(self.group_size)
+        self.weight = nn.Parameter(torch.empty(self.num_tokens, self.group_size, token_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(self.num_tokens, token_dim).uniform_(-bound, bound))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        flat = obs.reshape(obs.shape[0], -1)
+        flat = F.pad(flat, (0, self.num_tokens * self.group_size - self.obs_dim))
+        groups = flat.view(-1, self.num_tokens, self.group_size)
+        return torch.einsum("bng,ngd->bnd", groups, self.weight) + self.bias
+
+
+class ImageTokenizer(nn.Module):
+    """Images ``(B, C, H, W)`` (or HWC, transposed here) -> patch tokens ``(B, h' * w', d)`` with positions."""
+
+    def __init__(self, observation_space: spaces.Box, token_dim: int) -> None:
+        super().__init__()
+        self.channels_first = is_image_space_channels_first(observation_space)
+        shape = observation_space.shape
+        channels, height, width = shape if self.channels_first else (shape[2], shape[0], shape[1])
+        layers: list[nn.Module] = []
+        in_ch = channels
+        while max(height, width) > MAX_IMAGE_GRID:
+            layers += [nn.Conv2d(in_ch, token_dim, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+            in_ch = token_dim
+            height, width = (height + 1) // 2, (width + 1) // 2
+        layers += [nn.Conv2d(in_ch, token_dim, kernel_size=1)]
+        self.stem = nn.Sequential(*layers)
+        with torch.no_grad():
+            probe = self.stem(torch.zeros(1, channels, *(shape[1:] if self.channels_first else shape[:2])))
+        self.num_tokens = probe.shape[2] * probe.shape[3]
+        self.position = nn.Parameter(torch.randn(self.num_tokens, token_dim) * 0.02)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.channels_first:
+            obs = obs.permute(0, 3, 1, 2)
+        return self.stem(obs).flatten(2).transpose(1, 2) + self.position
+
+
+class DictTokenizer(nn.Module):
+    """Each key tokenized on its own, tagged with a learned key embedding, then concatenated."""
+
+    def __init__(self, observation_space: spaces.Dict, token_dim: int, group_size: int = 4) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict(
+            {key: make_tokenizer(sub, token_dim, group_size) for key, sub in observation_space.spaces.items()}
+        )
+        self.key_embedding = nn.Parameter(torch.randn(len(self.parts), token_dim) * 0.02)
+        self.num_tokens = sum(part.num_tokens for part in self.parts.values())
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = [part(obs[key]) + self.key_embedding[i] for i, (key, part) in enumerate(self.parts.items())]
+        return torch.cat(tokens, dim=1)
+
+
+def make_tokenizer(observation_space: gym.Space, token_dim: int, group_size: int = 4) -> nn.Module:
+    """The tokenizer for a space; each has ``num_tokens`` and maps a preprocessed batch to ``(B, N, d)``."""
+    check_observation_space(observation_space)
+    if isinstance(observation_space, spaces.Dict):
+        return DictTokenizer(observation_space, token_dim, group_size)
+    if is_image_space(observation_space, check_channels=False):
+        return ImageTokenizer(observation_space, token_dim)
+    return VectorTokenizer(get_flattened_obs_dim(observation_space), token_dim, group_size)
