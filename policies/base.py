@@ -65,7 +65,10 @@ class RecurrentFeaturesExtractor(BaseFeaturesExtractor):
         return self.forward_step(obs, reset_state(state, episode_starts))
 
     def sequence(self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor) -> tuple[torch.Tensor, TensorDict]:
-        """``T`` steps: obs ``(T, B, ...)``, state ``[B]``, episode_starts ``(T, B)`` -> (features ``(T, B, F)``, state)."""
+        """``T`` steps: obs ``(T, B, ...)``, state ``[B]``, episode_starts ``(T, B)``.
+
+        Returns (features ``(T, B, F)``, state).
+        """
         features = []
         for t in range(episode_starts.shape[0]):
             out, state = self.step(map_obs(lambda x, t=t: x[t], obs), state, episode_starts[t])

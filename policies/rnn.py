@@ -35,7 +35,7 @@ class RNNExtractor(RecurrentFeaturesExtractor):
         hidden = tuple(state[key].unsqueeze(0).contiguous() for key in self.keys)
         out, hidden = self.rnn(encoded, hidden if self.cell_type == "lstm" else hidden[0])
         hidden = hidden if self.cell_type == "lstm" else (hidden,)
-        new = TensorDict({key: h.squeeze(0) for key, h in zip(self.keys, hidden)}, batch_size=state.batch_size)
+        new = TensorDict({key: h.squeeze(0) for key, h in zip(self.keys, hidden, strict=True)}, batch_size=state.batch_size)
         return out, new
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
@@ -48,7 +48,7 @@ class RNNExtractor(RecurrentFeaturesExtractor):
         # run the fused cell over the stretches between episode starts
         starts = [0] + [t for t in range(1, steps) if bool(episode_starts[t].any())] + [steps]
         outputs = []
-        for begin, end in zip(starts[:-1], starts[1:]):
+        for begin, end in zip(starts[:-1], starts[1:], strict=True):
             out, state = self._run(encoded[begin:end], reset_state(state, episode_starts[begin]))
             outputs.append(out)
         return torch.cat(outputs), state

@@ -8,7 +8,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 from tensordict import TensorDict
-from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor
+from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, reset_state
 from tmem_agents.policies.tokenizers import make_tokenizer
 from torch import nn
 
@@ -51,6 +51,12 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
             if unknown:
                 raise ValueError(f"unknown memory option(s) {unknown}; valid: {sorted(known)}")
             memory = TensorMemoryConfig(**fields)
+        num_tokens = self.tokenizer.num_tokens
+        if num_tokens % memory.chunk_size:
+            raise ValueError(
+                f"memory chunk_size {memory.chunk_size} must divide the {num_tokens} tokens of an observation"
+            )
+        self.chunks_per_step = num_tokens // memory.chunk_size
         self.memory = TensorMemory(memory, token_dim)
         self.layers = nn.ModuleList(MemoryBlock(PreNormBlock(token_dim, heads), self.memory) for _ in range(n_layers))
         self.norm = nn.LayerNorm(token_dim)
@@ -59,8 +65,46 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> TensorDict:
         return self.memory.init_state(batch_size, device=device or self._device())
 
+    def _unroll(
+        self, tokens: torch.Tensor, state: TensorDict, episode_starts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, TensorDict]:
+        """Tokens ``(T, B, N, d)`` through the layers -> features ``(T, B, F)``.
+
+        Only the memory is recurrent, so the first layer's pre-memory half and the last layer's
+        post-memory half (with the pooling head) run on all ``T * B`` steps at once. With one layer the
+        memory's inputs are then known for every step, and a single memory call runs all ``T`` steps.
+        """
+        steps, batch, num, dim = tokens.shape
+        first, last = self.layers[0], self.layers[-1]
+        x = first.pre(tokens.flatten(0, 1)).view(tokens.shape)
+        if len(self.layers) == 1:
+            chunk_starts = None
+            if episode_starts is not None:
+                chunk_starts = torch.zeros(batch, steps, self.chunks_per_step, device=tokens.device)
+                chunk_starts[:, :, 0] = episode_starts.T
+                chunk_starts = chunk_starts.flatten(1)
+            y, state = first.fuse(x.transpose(0, 1).reshape(batch, steps * num, dim), state, chunk_starts)
+            y = y.view(batch, steps, num, dim).transpose(0, 1)
+        else:
+            outputs = []
+            for t in range(steps):
+                if episode_starts is not None:
+                    state = reset_state(state, episode_starts[t])
+                y = x[t]
+                for i, layer in enumerate(self.layers):
+                    y = y if i == 0 else layer.pre(y)
+                    y, state = layer.fuse(y, state)
+                    y = y if layer is last else layer.post(y)
+                outputs.append(y)
+            y = torch.stack(outputs)
+        y = last.post(y.flatten(0, 1))
+        return self.head(self.norm(y).mean(dim=1)).view(steps, batch, -1), state
+
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
-        x = self.tokenizer(obs)
-        for layer in self.layers:
-            x, state = layer(x, state)
-        return self.head(self.norm(x).mean(dim=1)), state
+        features, state = self._unroll(self.tokenizer(obs).unsqueeze(0), state, None)
+        return features[0], state
+
+    def sequence(self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor) -> tuple[torch.Tensor, TensorDict]:
+        steps, batch = episode_starts.shape
+        tokens = self.tokenizer(map_obs(lambda x: x.reshape(steps * batch, *x.shape[2:]), obs))
+        return self._unroll(tokens.view(steps, batch, *tokens.shape[1:]), state, episode_starts)

@@ -188,7 +188,7 @@ class MemoryPPO(OnPolicyAlgorithm):
         rollout_buffer.reset()
         callback.on_rollout_start()
         state = self._last_state
-        for n_steps in range(n_rollout_steps):
+        for _ in range(n_rollout_steps):
             starts = torch.as_tensor(self._last_episode_starts, dtype=torch.float32, device=self.device)
             with torch.no_grad():
                 actions, values, log_probs, new_state = self.policy(

@@ -38,9 +38,24 @@ class MemoryBlock(nn.Module):
         memory, self.memory = self.memory, None
         return memory
 
-    def _fuse(self, x: torch.Tensor, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
-        read, state = self.memory(self.norm(x), state)
+    def _split(self) -> bool:
+        return hasattr(self.block, "attention_residual") and hasattr(self.block, "mlp_residual")
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of the block before the memory: ``(B, N, d)`` -> ``(B, N, d)``."""
+        return self.block.attention_residual(x) if self._split() else self.block(x)
+
+    def fuse(
+        self, x: torch.Tensor, state: TensorDict, chunk_starts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, TensorDict]:
+        """The gated residual read: ``x + sigmoid(gate) * memory(LN(x))``, and the memory's new state
+        (``chunk_starts``: see :meth:`TensorMemory.forward`)."""
+        read, state = self.memory(self.norm(x), state, chunk_starts)
         return x + torch.sigmoid(self.gate) * read, state
+
+    def post(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of the block after the memory (nothing when the block cannot be split)."""
+        return self.block.mlp_residual(x) if self._split() else x
 
     def forward(self, x: torch.Tensor, state: TensorDict | None = None) -> tuple[torch.Tensor, TensorDict | None]:
         """Tokens ``(B, N, d)`` and the memory state -> (tokens ``(B, N, d)``, new state)."""
@@ -48,7 +63,5 @@ class MemoryBlock(nn.Module):
             return self.block(x), state
         if state is None:
             raise ValueError("a block with memory attached needs the memory state (TensorMemory.init_state)")
-        if hasattr(self.block, "attention_residual") and hasattr(self.block, "mlp_residual"):
-            x, state = self._fuse(self.block.attention_residual(x), state)
-            return self.block.mlp_residual(x), state
-        return self._fuse(self.block(x), state)
+        x, state = self.fuse(self.pre(x), state)
+        return self.post(x), state

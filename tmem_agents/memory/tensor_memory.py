@@ -9,7 +9,8 @@ from torch import nn
 
 from tmem_agents.memory.config import TensorMemoryConfig
 from tmem_agents.memory.update import FactorizedGateConv
-from tmem_agents.ops import memory_step
+from tmem_agents.ops import memory_step, resolve_backend, splat_write, trilinear_read
+from tmem_agents.ops.reference import hidden_gates, input_gates, lstm_update
 
 SIGMA_FLOOR = 1e-4
 
@@ -93,31 +94,84 @@ class TensorMemory(nn.Module):
         if self.config.check_inputs and not torch.isfinite(tokens).all():
             raise ValueError("tokens contain NaN or infinite values; check the observations fed to the memory")
 
-    def forward(self, tokens: torch.Tensor, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
-        """Tokens ``(B, N, d)`` and state -> (memory output ``(B, N, d)``, new state)."""
+    def forward(
+        self, tokens: torch.Tensor, state: TensorDict, chunk_starts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, TensorDict]:
+        """Tokens ``(B, N, d)`` and state -> (memory output ``(B, N, d)``, new state).
+
+        ``chunk_starts`` ``(B, K)`` (optional, ``K`` chunks) zeroes an env's state before chunk ``k`` where
+        set: a whole rollout sequence with its episode starts runs in one call.
+        """
         self._check(tokens, state)
         batch, num, dim = tokens.shape
         chunk = self.config.chunk_size
-        pad = (-num) % chunk
-        grouped = F.pad(tokens, (0, 0, 0, pad)).view(batch, -1, chunk, dim)
+        grouped = F.pad(tokens, (0, 0, 0, (-num) % chunk)).view(batch, -1, chunk, dim)
         read_loc = self.coordinates(grouped[:, :, 0])
         values, write_loc, sigma = self.write_terms(self.write_proj(grouped.flatten(2)))
-        weights = self.update.weights()
+        if chunk_starts is not None and tuple(chunk_starts.shape) != tuple(read_loc.shape[:2]):
+            raise ValueError(
+                f"chunk_starts must have shape {tuple(read_loc.shape[:2])}, got {tuple(chunk_starts.shape)}"
+            )
         h, c = state["h"], state["c"]
+        if resolve_backend(self.config.backend, tokens.device) == "triton" and not torch.is_grad_enabled():
+            reads, h, c = self._fused_steps(h, c, read_loc, values, write_loc, sigma, chunk_starts)
+        else:
+            reads, h, c = self._scan(h, c, read_loc, values, write_loc, sigma, chunk_starts)
+        out = self.out_proj(reads).repeat_interleave(chunk, dim=1)[:, :num]
+        return out, TensorDict({"h": h, "c": c}, batch_size=state.batch_size, device=state.device)
+
+    def _scan(self, h, c, read_loc, values, write_loc, sigma, chunk_starts):
+        """All ``K`` steps with the non-recurrent work batched: the writes and their share of the gates
+        before the loop, the reads after it; the loop holds only the state's recurrence."""
+        batch, steps, channels = values.shape
+        cfg = self.config
+        weights = self.update.weights()
+        volumes = splat_write(
+            values.reshape(batch * steps, 1, channels),
+            write_loc.reshape(batch * steps, 1, 3),
+            sigma.reshape(batch * steps, 1),
+            grid=cfg.grid,
+            radius=cfg.write_radius,
+            backend=cfg.backend,
+        )
+        from_writes = input_gates(volumes, weights).view(batch, steps, 4 * channels, *cfg.grid)
+        read_from = []
+        for step in range(steps):
+            if chunk_starts is not None:
+                h, c = _zero_rows(h, c, chunk_starts[:, step])
+            read_from.append(h)
+            h, c = lstm_update(from_writes[:, step] + hidden_gates(h, weights), c)
+        grids = torch.stack(read_from, dim=1).flatten(0, 1)
+        reads = trilinear_read(
+            grids, read_loc.reshape(batch * steps, 1, 3), padding_mode=cfg.padding_mode, backend=cfg.backend
+        )
+        return reads.view(batch, steps, channels), h, c
+
+    def _fused_steps(self, h, c, read_loc, values, write_loc, sigma, chunk_starts):
+        """No-grad steps through the fused kernel (one launch per step)."""
+        weights = self.update.weights()
         reads = []
-        for step in range(grouped.shape[1]):
+        for step in range(values.shape[1]):
+            if chunk_starts is not None:
+                h, c = _zero_rows(h, c, chunk_starts[:, step])
+            window = slice(step, step + 1)
             read, h, c = memory_step(
                 h,
                 c,
-                read_loc[:, step : step + 1],
-                values[:, step : step + 1],
-                write_loc[:, step : step + 1],
-                sigma[:, step : step + 1],
+                read_loc[:, window],
+                values[:, window],
+                write_loc[:, window],
+                sigma[:, window],
                 weights,
                 radius=self.config.write_radius,
                 padding_mode=self.config.padding_mode,
                 backend=self.config.backend,
             )
             reads.append(read)
-        out = self.out_proj(torch.cat(reads, dim=1)).repeat_interleave(chunk, dim=1)[:, :num]
-        return out, TensorDict({"h": h, "c": c}, batch_size=state.batch_size, device=state.device)
+        return torch.cat(reads, dim=1), h, c
+
+
+def _zero_rows(h: torch.Tensor, c: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero ``h`` and ``c`` of the envs flagged in ``starts`` ``(B,)``."""
+    keep = (1.0 - starts.to(h.dtype)).view(-1, 1, 1, 1, 1)
+    return h * keep, c * keep

@@ -134,17 +134,45 @@ def _depthwise_along(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor, di
     return y
 
 
-def factorized_conv(x: torch.Tensor, weights: ConvWeights) -> torch.Tensor:
-    """Depthwise 3-tap convs along D, H, W, then a pointwise mix: ``(B, 2C, D, H, W)`` -> ``(B, 4C, D, H, W)``."""
-    x = _depthwise_along(x, weights.taps_d, weights.bias_d, 2)
-    x = _depthwise_along(x, weights.taps_h, weights.bias_h, 3)
-    x = _depthwise_along(x, weights.taps_w, weights.bias_w, 4)
-    mixed = torch.baddbmm(
-        weights.pointwise_bias.view(1, -1, 1).expand(x.shape[0], -1, x[0, 0].numel()),
-        weights.pointwise.expand(x.shape[0], -1, -1),
-        x.flatten(2),
+def _depthwise(x: torch.Tensor, weights: ConvWeights, channels: slice) -> torch.Tensor:
+    """The three depthwise convs (D, then H, then W) over the ``channels`` of the ``2C`` conv input."""
+    x = _depthwise_along(x, weights.taps_d[channels], weights.bias_d[channels], 2)
+    x = _depthwise_along(x, weights.taps_h[channels], weights.bias_h[channels], 3)
+    return _depthwise_along(x, weights.taps_w[channels], weights.bias_w[channels], 4)
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """1x1x1 mix ``(B, K, D, H, W)`` -> ``(B, O, D, H, W)`` with ``weight (O, K)``."""
+    flat = x.flatten(2)
+    mixed = torch.matmul(weight, flat) if bias is None else torch.baddbmm(
+        bias.view(1, -1, 1).expand(x.shape[0], -1, flat.shape[2]), weight.expand(x.shape[0], -1, -1), flat
     )
     return mixed.view(x.shape[0], -1, *x.shape[2:])
+
+
+def input_gates(volume: torch.Tensor, weights: ConvWeights) -> torch.Tensor:
+    """The write volume's share of the gates: ``(B, C, D, H, W)`` -> ``(B, 4C, D, H, W)``, with the bias.
+
+    The depthwise convs act per channel and the pointwise mix is linear, so the conv of ``concat(V, h)``
+    splits exactly into a part of ``V`` and a part of ``h``. ``V`` does not depend on the state: in a
+    sequence its share is computed for all steps at once, leaving only :func:`hidden_gates` recurrent.
+    """
+    channels = volume.shape[1]
+    return _pointwise(
+        _depthwise(volume, weights, slice(0, channels)), weights.pointwise[:, :channels], weights.pointwise_bias
+    )
+
+
+def hidden_gates(h: torch.Tensor, weights: ConvWeights) -> torch.Tensor:
+    """The state's share of the gates: ``(B, C, D, H, W)`` -> ``(B, 4C, D, H, W)``."""
+    channels = h.shape[1]
+    return _pointwise(_depthwise(h, weights, slice(channels, 2 * channels)), weights.pointwise[:, channels:], None)
+
+
+def factorized_conv(x: torch.Tensor, weights: ConvWeights) -> torch.Tensor:
+    """Depthwise 3-tap convs along D, H, W, then a pointwise mix: ``(B, 2C, D, H, W)`` -> ``(B, 4C, D, H, W)``."""
+    channels = x.shape[1] // 2
+    return input_gates(x[:, :channels], weights) + hidden_gates(x[:, channels:], weights)
 
 
 def lstm_update(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

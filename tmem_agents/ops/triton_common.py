@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-SPREAD_EPS = 1e-6
+SPREAD_EPS = tl.constexpr(1e-6)
 """Added to ``2 sigma^2`` in the Gaussian's denominator, as in the reference."""
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}

@@ -87,6 +87,20 @@ def _axis_factor(index, size, coord, den, radius, t0, t1, t2, WINDOWED: tl.const
 
 
 @triton.jit
+def _gate(pw_ptr, pwb_ptr, k: tl.constexpr, ch, ch_mask, C, conv_v, conv_h, DT: tl.constexpr):
+    """Gate ``k`` of ``(i, f, o, g)`` before its nonlinearity: rows ``k C + ch`` of the pointwise mix of the
+    volume's and ``h``'s conv outputs, ``(channels, cells)``."""
+    rows = k * C + ch
+    col = tl.arange(0, conv_v.shape[0])
+    mask = ch_mask[:, None] & (col < C)[None, :]
+    mix_v = tl.load(pw_ptr + rows[:, None] * (2 * C) + col[None, :], mask=mask, other=0.0).to(DT)
+    mix_h = tl.load(pw_ptr + rows[:, None] * (2 * C) + C + col[None, :], mask=mask, other=0.0).to(DT)
+    bias = tl.load(pwb_ptr + rows, mask=ch_mask, other=0.0).to(DT)
+    gate = tl.dot(mix_v, conv_v, input_precision="ieee", out_dtype=DT)
+    return tl.dot(mix_h, conv_h, gate, input_precision="ieee", out_dtype=DT) + bias[:, None]
+
+
+@triton.jit
 def _step_kernel(
     h_ptr, c_ptr, rloc_ptr, val_ptr, wloc_ptr, sig_ptr,
     taps_d, bias_d, taps_h, bias_h, taps_w, bias_w, pw_ptr, pwb_ptr,
@@ -114,24 +128,6 @@ def _step_kernel(
     d, h, w = cell_coords(s, H, W)
     tile_mask = ch_mask[:, None] & s_mask[None, :]
 
-    # h's channels (C + ch): the 3x3x3 stencil of the chained depthwise convs.
-    hc = C + ch
-    conv_h = _bias_terms(taps_h, taps_w, bias_d, bias_h, bias_w, hc, ch_mask, h, w, H, W, DT)
-    for a in tl.static_range(3):
-        td = tl.load(taps_d + hc * 3 + a, mask=ch_mask, other=0.0).to(DT)
-        jd = d + (a - 1)
-        for e in tl.static_range(3):
-            th = tl.load(taps_h + hc * 3 + e, mask=ch_mask, other=0.0).to(DT)
-            jh = h + (e - 1)
-            for f in tl.static_range(3):
-                tw = tl.load(taps_w + hc * 3 + f, mask=ch_mask, other=0.0).to(DT)
-                jw = w + (f - 1)
-                inside = s_mask & (jd >= 0) & (jd < D) & (jh >= 0) & (jh < H) & (jw >= 0) & (jw < W)
-                cell = tl.where(inside, (jd * H + jh) * W + jw, 0)
-                mask = ch_mask[:, None] & inside[None, :]
-                nbr = tl.load(h_row + ch[:, None] * S + cell[None, :], mask=mask, other=0.0).to(DT)
-                conv_h += (td * th * tw)[:, None] * nbr
-
     # The volume's channels (ch): the separable write seen through the separable convs.
     conv_v = _bias_terms(taps_h, taps_w, bias_d, bias_h, bias_w, ch, ch_mask, h, w, H, W, DT)
     d0, d1, d2 = _taps(taps_d, ch, ch_mask, DT)
@@ -145,40 +141,38 @@ def _step_kernel(
         sigma = tl.load(sig_ptr + b * N + n).to(DT)
         den = 2.0 * sigma * sigma + SPREAD_EPS
         value = tl.load(val_ptr + (b * N + n) * C + ch, mask=ch_mask, other=0.0).to(DT)
-        factor = _axis_factor(d, D, z, den, radius, d0, d1, d2, WINDOWED, DT)
+        factor = _axis_factor(d, D, z, den, radius, d0, d1, d2, WINDOWED, DT) * value[:, None]
         factor = factor * _axis_factor(h, H, y, den, radius, h0, h1, h2, WINDOWED, DT)
-        factor = factor * _axis_factor(w, W, x, den, radius, w0, w1, w2, WINDOWED, DT)
-        conv_v += value[:, None] * factor
+        conv_v += factor * _axis_factor(w, W, x, den, radius, w0, w1, w2, WINDOWED, DT)
     conv_v = tl.where(tile_mask, conv_v, 0.0)
+
+    # h's channels (C + ch): the 3x3x3 stencil of the chained depthwise convs.
+    hc = C + ch
+    conv_h = _bias_terms(taps_h, taps_w, bias_d, bias_h, bias_w, hc, ch_mask, h, w, H, W, DT)
+    for a in tl.static_range(3):
+        td = tl.load(taps_d + hc * 3 + a, mask=ch_mask, other=0.0).to(DT)
+        jd = d + (a - 1)
+        for e in tl.static_range(3):
+            th = tl.load(taps_h + hc * 3 + e, mask=ch_mask, other=0.0).to(DT) * td
+            jh = h + (e - 1)
+            for f in tl.static_range(3):
+                tw = tl.load(taps_w + hc * 3 + f, mask=ch_mask, other=0.0).to(DT) * th
+                jw = w + (f - 1)
+                inside = s_mask & (jd >= 0) & (jd < D) & (jh >= 0) & (jh < H) & (jw >= 0) & (jw < W)
+                cell = tl.where(inside, (jd * H + jh) * W + jw, 0)
+                mask = ch_mask[:, None] & inside[None, :]
+                conv_h += tw[:, None] * tl.load(h_row + ch[:, None] * S + cell[None, :], mask=mask, other=0.0).to(DT)
     conv_h = tl.where(tile_mask, conv_h, 0.0)
 
-    # Pointwise mix (4C, 2C) and the LSTM update, gates ordered (i, f, o, g).
-    col = tl.arange(0, BLOCK_C)
-    pw_mask = ch_mask[:, None] & (col < C)[None, :]
-    gates_i = tl.zeros([BLOCK_C, BLOCK_S], dtype=DT)
-    gates_f = tl.zeros([BLOCK_C, BLOCK_S], dtype=DT)
-    gates_o = tl.zeros([BLOCK_C, BLOCK_S], dtype=DT)
-    gates_g = tl.zeros([BLOCK_C, BLOCK_S], dtype=DT)
-    for k in tl.static_range(4):
-        rows = k * C + ch
-        mix_v = tl.load(pw_ptr + rows[:, None] * (2 * C) + col[None, :], mask=pw_mask, other=0.0).to(DT)
-        mix_h = tl.load(pw_ptr + rows[:, None] * (2 * C) + C + col[None, :], mask=pw_mask, other=0.0).to(DT)
-        bias = tl.load(pwb_ptr + rows, mask=ch_mask, other=0.0).to(DT)
-        gate = tl.dot(mix_v, conv_v, input_precision="ieee", out_dtype=DT)
-        gate = tl.dot(mix_h, conv_h, gate, input_precision="ieee", out_dtype=DT) + bias[:, None]
-        if k == 0:
-            gates_i = gate
-        elif k == 1:
-            gates_f = gate
-        elif k == 2:
-            gates_o = gate
-        else:
-            gates_g = gate
+    # Pointwise mix (4C, 2C), gates ordered (i, f, o, g), and the LSTM update, one gate at a time.
     offs = (b * C + ch[:, None]) * S + s[None, :]
-    cell_state = tl.load(c_ptr + offs, mask=tile_mask, other=0.0).to(DT)
-    c_next = sigmoid(gates_f) * cell_state + sigmoid(gates_i) * tanh(gates_g)
-    h_next = sigmoid(gates_o) * tanh(c_next)
+    c_next = _gate(pw_ptr, pwb_ptr, 1, ch, ch_mask, C, conv_v, conv_h, DT)
+    c_next = sigmoid(c_next) * tl.load(c_ptr + offs, mask=tile_mask, other=0.0).to(DT)
+    c_next += sigmoid(_gate(pw_ptr, pwb_ptr, 0, ch, ch_mask, C, conv_v, conv_h, DT)) * tanh(
+        _gate(pw_ptr, pwb_ptr, 3, ch, ch_mask, C, conv_v, conv_h, DT)
+    )
     tl.store(c_out + offs, c_next, mask=tile_mask)
+    h_next = sigmoid(_gate(pw_ptr, pwb_ptr, 2, ch, ch_mask, C, conv_v, conv_h, DT)) * tanh(c_next)
     tl.store(h_out + offs, h_next, mask=tile_mask)
 
 

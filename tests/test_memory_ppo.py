@@ -1,0 +1,190 @@
+"""MemoryPPO: chunked state storage, replay invariants, action spaces, wrappers, errors, predict and save/load."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
+from tmem_agents.policies import EXTRACTORS
+
+from tmem_agents import MemoryPPO
+from tmem_agents.algos import NonFiniteError
+from tmem_agents.evaluation import evaluate
+
+SMALL = {
+    "tensor_memory": {"features_dim": 16, "token_dim": 16, "memory": {"grid": (3, 3, 3), "channels": 4}},
+    "lstm": {"features_dim": 16},
+    "gru": {"features_dim": 16},
+    "frame_stack": {"features_dim": 16, "n_frames": 3},
+    "mlp": {"features_dim": 16},
+}
+
+
+def _model(env, name="tensor_memory", policy_kwargs=None, **kwargs):
+    policy_kwargs = {
+        "features_extractor_class": EXTRACTORS[name],
+        "features_extractor_kwargs": SMALL[name],
+        "net_arch": [16],
+        **(policy_kwargs or {}),
+    }
+    defaults = {"n_steps": 24, "batch_size": 32, "n_epochs": 1, "bptt_len": 8, "seed": 0}
+    return MemoryPPO("MlpPolicy", env, policy_kwargs=policy_kwargs, **{**defaults, **kwargs})
+
+
+class ToyEnv(gym.Env):
+    """Episodes of random length 3..12; the observation is noise; the action space is configurable."""
+
+    def __init__(self, action_space: spaces.Space | None = None, nan_at: int | None = None):
+        self.observation_space = spaces.Box(-1, 1, (3,), np.float32)
+        self.action_space = action_space or spaces.Discrete(2)
+        self.nan_at = nan_at
+        self.t = 0
+        self.total = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.length = 0, int(self.np_random.integers(3, 13))
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.total += 1
+        obs = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        if self.nan_at is not None and self.total == self.nan_at:
+            obs[1] = np.nan
+        return obs, float(self.t % 2), self.t >= self.length, False, {}
+
+
+@pytest.mark.parametrize("name", list(EXTRACTORS))
+def test_first_minibatch_replay_reproduces_rollout_log_probs(name):
+    env = make_vec_env(ToyEnv, n_envs=3, seed=1)
+    model = _model(env, name, n_steps=20, batch_size=24)
+    model.learn(60)
+    starts = model.rollout_buffer.data["episode_starts"]
+    chunk_pos = torch.arange(20) % 8
+    assert starts[chunk_pos != 0].sum() > 0, "the rollout must hold episodes that end mid-chunk"
+    assert model.initial_ratio_error is not None and model.initial_ratio_error < 1e-5
+
+
+def test_buffer_stores_one_state_per_chunk():
+    env = make_vec_env(ToyEnv, n_envs=3, seed=0)
+    model = _model(env, "tensor_memory", n_steps=20, bptt_len=8, batch_size=24)
+    model.learn(60)
+    buffer = model.rollout_buffer
+    assert buffer.states.batch_size == torch.Size([math.ceil(20 / 8), 3])
+    per_env = model.policy.initial_state(1)
+    per_state = sum(t.numel() for t in per_env.values(include_nested=True, leaves_only=True))
+    assert buffer.state_numel() == 3 * math.ceil(20 / 8) * per_state
+    assert buffer.state_numel() * 8 / 3 < 3 * 20 * per_state  # ~bptt_len times less than per-step storage
+
+
+@pytest.mark.parametrize(
+    "action_space", [spaces.Discrete(3), spaces.MultiDiscrete([2, 3]), spaces.Box(-1, 1, (2,), np.float32)]
+)
+def test_action_spaces(action_space):
+    env = make_vec_env(ToyEnv, n_envs=2, seed=0, env_kwargs={"action_space": action_space})
+    model = _model(env, n_steps=16)
+    model.learn(32)
+    assert model.initial_ratio_error < 1e-5
+    actions, state = model.predict(env.reset())
+    assert actions.shape == (2, *action_space.shape)
+    assert all(action_space.contains(np.asarray(a, dtype=action_space.dtype)) for a in actions)
+
+
+def test_vecnormalize_callbacks_logger_and_not_shared_extractors(tmp_path):
+    env = VecNormalize(make_vec_env(ToyEnv, n_envs=2, seed=0))
+
+    class Count(BaseCallback):
+        calls = 0
+
+        def _on_step(self):
+            Count.calls += 1
+            return True
+
+    model = _model(env, "lstm", tensorboard_log=str(tmp_path), policy_kwargs={"share_features_extractor": False})
+    model.learn(48, callback=Count())
+    assert Count.calls == 24
+    assert set(model.policy.initial_state(2).keys()) == {"pi", "vf"}
+    assert model.initial_ratio_error < 1e-5
+    assert any(tmp_path.iterdir())
+
+
+def test_subprocess_envs():
+    env = make_vec_env(ToyEnv, n_envs=2, seed=0, vec_env_cls=SubprocVecEnv)
+    try:
+        model = _model(env, "gru", n_steps=16)
+        model.learn(32)
+        assert model.num_timesteps == 32
+    finally:
+        env.close()
+
+
+def test_non_finite_observation_names_env_and_step_and_keeps_saved_files(tmp_path):
+    env = make_vec_env(ToyEnv, n_envs=2, seed=0, env_kwargs={"nan_at": 5})
+    model = _model(env, "mlp")
+    saved = tmp_path / "model.zip"
+    model.save(saved)
+    before = saved.read_bytes()
+    with pytest.raises(NonFiniteError, match=r"observation from env 0 at timestep 10"):
+        model.learn(48)
+    assert saved.read_bytes() == before
+    with pytest.raises(ValueError, match="NaN"):  # the memory itself still refuses NaN tokens
+        _model(make_vec_env(ToyEnv, n_envs=2, seed=0, env_kwargs={"nan_at": 5}), check_finite=False).learn(48)
+
+
+def test_predict_evaluate_policy_and_save_load_round_trip(tmp_path):
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = _model(env, n_steps=16)
+    model.learn(32)
+    obs = env.reset()
+    actions, state = model.predict(obs, deterministic=True)
+    assert state["pi", "h"].shape[0] == 2
+    actions2, state2 = model.predict(obs, state=state, episode_start=np.zeros(2, bool), deterministic=True)
+    assert not torch.equal(state2["pi", "h"], state["pi", "h"])
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=2)
+    assert mean > 0
+    model.save(tmp_path / "m.zip")
+    loaded = MemoryPPO.load(tmp_path / "m.zip", env=env)
+    sequence = [env.reset() for _ in range(1)] + [np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)] * 5
+    state_a = state_b = None
+    for ob in sequence:
+        a, state_a = model.predict(ob, state=state_a, deterministic=True)
+        b, state_b = loaded.predict(ob, state=state_b, deterministic=True)
+        assert np.array_equal(a, b)
+    assert loaded._last_state is None
+    single, single_state = loaded.predict(obs[0], deterministic=True)
+    assert np.shape(single) == () and single_state.batch_size == torch.Size([1])
+
+
+def test_evaluation_with_memory_ablation_resets_state_every_step():
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = _model(env, "lstm", n_steps=16)
+    seen = []
+    original = model.policy.predict
+
+    def spy(obs, state=None, episode_start=None, deterministic=False):
+        seen.append(np.asarray(episode_start).copy())
+        return original(obs, state, episode_start, deterministic)
+
+    model.policy.predict = spy
+    result = evaluate(model, env, n_episodes=2, memory_ablation=True)
+    assert len(result.returns) == 2 and all(s.all() for s in seen)
+    seen.clear()
+    evaluate(model, env, n_episodes=2)
+    assert not all(s.all() for s in seen)
+
+
+def test_bad_arguments_raise_clear_errors():
+    env = make_vec_env(ToyEnv, n_envs=1)
+    with pytest.raises(ValueError, match="bptt_len"):
+        _model(env, bptt_len=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        _model(env, batch_size=4, bptt_len=8)
+    with pytest.raises(TypeError, match="RecurrentFeaturesExtractor"):
+        MemoryPPO("MlpPolicy", env, policy_kwargs={"features_extractor_class": torch.nn.Linear})
