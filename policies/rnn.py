@@ -35,7 +35,9 @@ class RNNExtractor(RecurrentFeaturesExtractor):
         hidden = tuple(state[key].unsqueeze(0).contiguous() for key in self.keys)
         out, hidden = self.rnn(encoded, hidden if self.cell_type == "lstm" else hidden[0])
         hidden = hidden if self.cell_type == "lstm" else (hidden,)
-        new = TensorDict({key: h.squeeze(0) for key, h in zip(self.keys, hidden, strict=True)}, batch_size=state.batch_size)
+        new = TensorDict(
+            {key: h.squeeze(0) for key, h in zip(self.keys, hidden, strict=True)}, batch_size=state.batch_size
+        )
         return out, new
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:

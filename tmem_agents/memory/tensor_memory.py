@@ -10,7 +10,8 @@ from torch import nn
 from tmem_agents.memory.config import TensorMemoryConfig
 from tmem_agents.memory.update import FactorizedGateConv
 from tmem_agents.ops import memory_step, resolve_backend, splat_write, trilinear_read
-from tmem_agents.ops.reference import hidden_gates, input_gates, lstm_update
+from tmem_agents.ops.recurrence import recurrence
+from tmem_agents.ops.reference import input_gates
 
 SIGMA_FLOOR = 1e-4
 
@@ -122,30 +123,28 @@ class TensorMemory(nn.Module):
 
     def _scan(self, h, c, read_loc, values, write_loc, sigma, chunk_starts):
         """All ``K`` steps with the non-recurrent work batched: the writes and their share of the gates
-        before the loop, the reads after it; the loop holds only the state's recurrence."""
+        before the recurrence (:func:`~tmem_agents.ops.recurrence.recurrence`), the reads after it."""
         batch, steps, channels = values.shape
         cfg = self.config
         weights = self.update.weights()
+        time_major = [t.transpose(0, 1).reshape(steps * batch, 1, -1) for t in (values, write_loc, read_loc)]
         volumes = splat_write(
-            values.reshape(batch * steps, 1, channels),
-            write_loc.reshape(batch * steps, 1, 3),
-            sigma.reshape(batch * steps, 1),
+            time_major[0],
+            time_major[1],
+            sigma.T.reshape(steps * batch, 1),
             grid=cfg.grid,
             radius=cfg.write_radius,
             backend=cfg.backend,
         )
-        from_writes = input_gates(volumes, weights).view(batch, steps, 4 * channels, *cfg.grid)
-        read_from = []
-        for step in range(steps):
-            if chunk_starts is not None:
-                h, c = _zero_rows(h, c, chunk_starts[:, step])
-            read_from.append(h)
-            h, c = lstm_update(from_writes[:, step] + hidden_gates(h, weights), c)
-        grids = torch.stack(read_from, dim=1).flatten(0, 1)
-        reads = trilinear_read(
-            grids, read_loc.reshape(batch * steps, 1, 3), padding_mode=cfg.padding_mode, backend=cfg.backend
+        from_writes = input_gates(volumes, weights).view(steps, batch, 4 * channels, *cfg.grid)
+        keep = torch.ones(steps, batch, device=h.device) if chunk_starts is None else 1.0 - chunk_starts.T
+        read_from, h, c = recurrence(
+            from_writes, h, c, keep, weights.pointwise[:, channels:], weights.depthwise(slice(channels, 2 * channels))
         )
-        return reads.view(batch, steps, channels), h, c
+        reads = trilinear_read(
+            read_from.flatten(0, 1), time_major[2], padding_mode=cfg.padding_mode, backend=cfg.backend
+        )
+        return reads.view(steps, batch, channels).transpose(0, 1), h, c
 
     def _fused_steps(self, h, c, read_loc, values, write_loc, sigma, chunk_starts):
         """No-grad steps through the fused kernel (one launch per step)."""

@@ -23,6 +23,17 @@ import torch.nn.functional as F
 SPREAD_EPS = 1e-6
 
 
+class DepthwiseWeights(NamedTuple):
+    """Taps ``(K, 3)`` and biases ``(K,)`` of the three depthwise convs (along D, H, W) over ``K`` channels."""
+
+    taps_d: torch.Tensor
+    bias_d: torch.Tensor
+    taps_h: torch.Tensor
+    bias_h: torch.Tensor
+    taps_w: torch.Tensor
+    bias_w: torch.Tensor
+
+
 class ConvWeights(NamedTuple):
     """Parameters of the factorized 3-D conv over ``2C`` input and ``4C`` output channels.
 
@@ -38,6 +49,10 @@ class ConvWeights(NamedTuple):
     bias_w: torch.Tensor
     pointwise: torch.Tensor
     pointwise_bias: torch.Tensor
+
+    def depthwise(self, channels: slice) -> DepthwiseWeights:
+        """The depthwise taps and biases of the conv-input ``channels``."""
+        return DepthwiseWeights(*(t[channels] for t in self[:6]))
 
 
 def axis_positions(size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -134,19 +149,31 @@ def _depthwise_along(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor, di
     return y
 
 
-def _depthwise(x: torch.Tensor, weights: ConvWeights, channels: slice) -> torch.Tensor:
-    """The three depthwise convs (D, then H, then W) over the ``channels`` of the ``2C`` conv input."""
-    x = _depthwise_along(x, weights.taps_d[channels], weights.bias_d[channels], 2)
-    x = _depthwise_along(x, weights.taps_h[channels], weights.bias_h[channels], 3)
-    return _depthwise_along(x, weights.taps_w[channels], weights.bias_w[channels], 4)
+def depthwise(x: torch.Tensor, weights: DepthwiseWeights) -> torch.Tensor:
+    """The three depthwise convs, along D, then H, then W: ``(B, K, D, H, W)`` -> ``(B, K, D, H, W)``."""
+    x = _depthwise_along(x, weights.taps_d, weights.bias_d, 2)
+    x = _depthwise_along(x, weights.taps_h, weights.bias_h, 3)
+    return _depthwise_along(x, weights.taps_w, weights.bias_w, 4)
+
+
+def depthwise_transpose(grad: torch.Tensor, weights: DepthwiseWeights) -> torch.Tensor:
+    """Transpose of the linear part of :func:`depthwise` (for hand-written backward passes): the taps
+    reversed, the axes in reverse order, no bias."""
+    zero = torch.zeros_like(weights.bias_d)
+    grad = _depthwise_along(grad, weights.taps_w.flip(1), zero, 4)
+    grad = _depthwise_along(grad, weights.taps_h.flip(1), zero, 3)
+    return _depthwise_along(grad, weights.taps_d.flip(1), zero, 2)
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """1x1x1 mix ``(B, K, D, H, W)`` -> ``(B, O, D, H, W)`` with ``weight (O, K)``."""
     flat = x.flatten(2)
-    mixed = torch.matmul(weight, flat) if bias is None else torch.baddbmm(
-        bias.view(1, -1, 1).expand(x.shape[0], -1, flat.shape[2]), weight.expand(x.shape[0], -1, -1), flat
-    )
+    if bias is None:
+        mixed = torch.matmul(weight, flat)
+    else:
+        mixed = torch.baddbmm(
+            bias.view(1, -1, 1).expand(x.shape[0], -1, flat.shape[2]), weight.expand(x.shape[0], -1, -1), flat
+        )
     return mixed.view(x.shape[0], -1, *x.shape[2:])
 
 
@@ -158,15 +185,19 @@ def input_gates(volume: torch.Tensor, weights: ConvWeights) -> torch.Tensor:
     sequence its share is computed for all steps at once, leaving only :func:`hidden_gates` recurrent.
     """
     channels = volume.shape[1]
-    return _pointwise(
-        _depthwise(volume, weights, slice(0, channels)), weights.pointwise[:, :channels], weights.pointwise_bias
-    )
+    mixed = depthwise(volume, weights.depthwise(slice(0, channels)))
+    return _pointwise(mixed, weights.pointwise[:, :channels], weights.pointwise_bias)
+
+
+def state_gates(h: torch.Tensor, weights: DepthwiseWeights, pointwise: torch.Tensor) -> torch.Tensor:
+    """``pointwise (4C, C) @ depthwise(h)``: ``(B, C, D, H, W)`` -> ``(B, 4C, D, H, W)``."""
+    return _pointwise(depthwise(h, weights), pointwise, None)
 
 
 def hidden_gates(h: torch.Tensor, weights: ConvWeights) -> torch.Tensor:
     """The state's share of the gates: ``(B, C, D, H, W)`` -> ``(B, 4C, D, H, W)``."""
     channels = h.shape[1]
-    return _pointwise(_depthwise(h, weights, slice(channels, 2 * channels)), weights.pointwise[:, channels:], None)
+    return state_gates(h, weights.depthwise(slice(channels, 2 * channels)), weights.pointwise[:, channels:])
 
 
 def factorized_conv(x: torch.Tensor, weights: ConvWeights) -> torch.Tensor:

@@ -1,0 +1,84 @@
+"""Recurrent extractors: sequence form equals stepping, state sizes, observation spaces, errors."""
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import preprocess_obs
+
+from tmem_agents.policies import EXTRACTORS, TensorMemoryExtractor
+from tmem_agents.policies.base import map_obs
+
+VECTOR = spaces.Box(-1, 1, (6,), np.float32)
+IMAGE = spaces.Box(0, 255, (3, 40, 44), np.uint8)
+DICT = spaces.Dict({"pos": spaces.Box(-1, 1, (3,), np.float32), "cue": spaces.Discrete(4), "img": IMAGE})
+KWARGS = {"tensor_memory": {"features_dim": 12, "token_dim": 8, "memory": {"grid": (3, 3, 3), "channels": 2}}}
+
+
+def _obs(space, steps, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    sample = [[space.sample() for _ in range(batch)] for _ in range(steps)]
+    space.seed(seed)
+    if isinstance(space, spaces.Dict):
+        raw = {k: torch.as_tensor(np.array([[s[k] for s in row] for row in sample])) for k in space.spaces}
+    else:
+        raw = torch.as_tensor(np.array(sample))
+    del rng
+    flat = map_obs(lambda x: x.reshape(steps * batch, *x.shape[2:]), raw)
+    return map_obs(lambda x: x.reshape(steps, batch, *x.shape[1:]), preprocess_obs(flat, space))
+
+
+@pytest.mark.parametrize("name", list(EXTRACTORS))
+@pytest.mark.parametrize("space", [VECTOR, DICT], ids=["vector", "dict"])
+def test_sequence_equals_step_by_step_with_resets(name, space):
+    torch.manual_seed(0)
+    extractor = EXTRACTORS[name](space, **KWARGS.get(name, {"features_dim": 12}))
+    steps, batch = 5, 3
+    obs = _obs(space, steps, batch)
+    starts = torch.zeros(steps, batch)
+    starts[2, 0] = starts[3, 2] = 1
+    state = extractor.initial_state(batch)
+    state = state.apply(lambda t: torch.randn_like(t))
+    features, final = extractor.sequence(obs, state, starts)
+    assert features.shape == (steps, batch, 12)
+    for t in range(steps):
+        out, state = extractor.step(map_obs(lambda x, t=t: x[t], obs), state, starts[t])
+        assert torch.allclose(out, features[t], atol=1e-5), f"step {t}"
+    for key in final.keys(include_nested=True, leaves_only=True):
+        assert torch.allclose(final[key], state[key], atol=1e-5)
+
+
+def test_tensor_memory_tokenizes_images_and_dicts_and_uses_its_memory():
+    torch.manual_seed(0)
+    for space in (IMAGE, spaces.Box(0, 255, (40, 44, 3), np.uint8), DICT):
+        extractor = TensorMemoryExtractor(space, **KWARGS["tensor_memory"])
+        obs = map_obs(lambda x: x[0], _obs(space, 1, 2))
+        fresh, state = extractor.step(obs, extractor.initial_state(2), torch.zeros(2))
+        for _ in range(3):
+            _, state = extractor.step(obs, state, torch.zeros(2))
+        carried, _ = extractor.step(obs, state, torch.zeros(2))
+        assert not torch.allclose(fresh, carried), "features must depend on what the memory holds"
+        reset, _ = extractor.step(obs, state, torch.ones(2))
+        assert torch.allclose(reset, fresh, atol=1e-6)
+    assert TensorMemoryExtractor(DICT, **KWARGS["tensor_memory"]).tokenizer.num_tokens == 1 + 1 + 5 * 5
+
+
+def test_state_size_is_constant_and_reported():
+    extractor = TensorMemoryExtractor(VECTOR, **KWARGS["tensor_memory"])
+    state = extractor.initial_state(4)
+    assert state["h"].shape == (4, 2, 3, 3, 3)
+    obs = torch.zeros(4, 6)
+    for _ in range(50):
+        _, state = extractor.step(obs, state, torch.zeros(4))
+    assert state["h"].shape == (4, 2, 3, 3, 3) and state.bytes() == 2 * 4 * 2 * 27 * 4
+
+
+def test_unsupported_spaces_and_options_raise_clear_errors():
+    with pytest.raises(TypeError, match="unsupported observation space"):
+        TensorMemoryExtractor(spaces.Tuple([VECTOR, VECTOR]))
+    with pytest.raises(ValueError, match="unknown memory option"):
+        TensorMemoryExtractor(VECTOR, memory={"grids": (4, 4, 4)})
+    with pytest.raises(ValueError, match="chunk_size"):
+        TensorMemoryExtractor(VECTOR, memory={"chunk_size": 4})
+    with pytest.raises(ValueError, match="channels"):
+        TensorMemoryExtractor(VECTOR, memory={"channels": 0})
