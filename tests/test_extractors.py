@@ -5,7 +5,6 @@ import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import preprocess_obs
-
 from tmem_agents.policies import EXTRACTORS, TensorMemoryExtractor
 from tmem_agents.policies.base import map_obs
 
@@ -16,14 +15,12 @@ KWARGS = {"tensor_memory": {"features_dim": 12, "token_dim": 8, "memory": {"grid
 
 
 def _obs(space, steps, batch, seed=0):
-    rng = np.random.default_rng(seed)
-    sample = [[space.sample() for _ in range(batch)] for _ in range(steps)]
     space.seed(seed)
+    sample = [[space.sample() for _ in range(batch)] for _ in range(steps)]
     if isinstance(space, spaces.Dict):
         raw = {k: torch.as_tensor(np.array([[s[k] for s in row] for row in sample])) for k in space.spaces}
     else:
         raw = torch.as_tensor(np.array(sample))
-    del rng
     flat = map_obs(lambda x: x.reshape(steps * batch, *x.shape[2:]), raw)
     return map_obs(lambda x: x.reshape(steps, batch, *x.shape[1:]), preprocess_obs(flat, space))
 
