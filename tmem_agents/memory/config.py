@@ -21,6 +21,8 @@ class TensorMemoryConfig:
         write_radius: ``None`` for the dense write, else ``R``: only the ``(2R+1)^3`` cells around
             the nearest cell receive the write (for large grids).
         gate_init: initial logit of the fusion gate, ``sigmoid(-2) ~ 0.12``.
+        forget_bias_init: initial bias of the forget gate ``f`` (0 as in the reference; 1 keeps more of
+            the cell at the start of training, the usual LSTM practice).
         padding_mode: read padding, ``"border"`` (reference) or ``"zeros"``.
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`tmem_agents.ops.dispatch`).
         check_inputs: raise on NaN or infinite tokens (one reduction per call).
@@ -33,6 +35,7 @@ class TensorMemoryConfig:
     sigma_bias_init: float = 1.0
     write_radius: int | None = None
     gate_init: float = -2.0
+    forget_bias_init: float = 0.0
     padding_mode: str = "border"
     backend: str = "auto"
     check_inputs: bool = True
@@ -47,6 +50,7 @@ class TensorMemoryConfig:
         _require_positive("sigma_scale", self.sigma_scale)
         _require_finite("sigma_bias_init", self.sigma_bias_init)
         _require_finite("gate_init", self.gate_init)
+        _require_finite("forget_bias_init", self.forget_bias_init)
         if self.write_radius is not None:
             _require_int("write_radius", self.write_radius, 0, "or None for the dense write")
         if self.padding_mode not in PADDING_MODES:

@@ -9,7 +9,7 @@ from torch import nn
 
 from tmem_agents.memory.config import TensorMemoryConfig
 from tmem_agents.memory.update import FactorizedGateConv
-from tmem_agents.ops import memory_step, resolve_backend, splat_write, trilinear_read
+from tmem_agents.ops import memory_step, splat_write, trilinear_read
 from tmem_agents.ops.recurrence import recurrence
 from tmem_agents.ops.reference import input_gates
 
@@ -44,7 +44,7 @@ class TensorMemory(nn.Module):
         # (SB3's orthogonal init) keep writes starting with a non-zero spread
         self.spread = nn.Linear(token_dim, 1, bias=False)
         self.spread_bias = nn.Parameter(torch.tensor(float(config.sigma_bias_init)))
-        self.update = FactorizedGateConv(channels)
+        self.update = FactorizedGateConv(channels, config.forget_bias_init)
         self.out_proj = nn.Linear(channels, token_dim)
 
     @property
@@ -114,10 +114,10 @@ class TensorMemory(nn.Module):
                 f"chunk_starts must have shape {tuple(read_loc.shape[:2])}, got {tuple(chunk_starts.shape)}"
             )
         h, c = state["h"], state["c"]
-        if resolve_backend(self.config.backend, tokens.device) == "triton" and not torch.is_grad_enabled():
-            reads, h, c = self._fused_steps(h, c, read_loc, values, write_loc, sigma, chunk_starts)
-        else:
+        if torch.is_grad_enabled():
             reads, h, c = self._scan(h, c, read_loc, values, write_loc, sigma, chunk_starts)
+        else:
+            reads, h, c = self._steps(h, c, read_loc, values, write_loc, sigma, chunk_starts)
         out = self.out_proj(reads).repeat_interleave(chunk, dim=1)[:, :num]
         return out, TensorDict({"h": h, "c": c}, batch_size=state.batch_size, device=state.device)
 
@@ -146,8 +146,9 @@ class TensorMemory(nn.Module):
         )
         return reads.view(steps, batch, channels).transpose(0, 1), h, c
 
-    def _fused_steps(self, h, c, read_loc, values, write_loc, sigma, chunk_starts):
-        """No-grad steps through the fused kernel (one launch per step)."""
+    def _steps(self, h, c, read_loc, values, write_loc, sigma, chunk_starts):
+        """Without gradients (rollouts, deployment): one :func:`~tmem_agents.ops.memory_step` per chunk, the
+        fused kernel (one launch per step) on the Triton backend."""
         weights = self.update.weights()
         reads = []
         for step in range(values.shape[1]):

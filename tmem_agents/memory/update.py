@@ -13,11 +13,12 @@ class FactorizedGateConv(nn.Module):
     pointwise mix to the four gate volumes ``(i, f, o, g)`` (``4C`` channels).
 
     The depthwise taps start as the identity (centre tap 1), so at initialisation the spatial mix is a
-    no-op and training moves it from there. The math lives in :func:`tmem_agents.ops.reference.factorized_conv`
+    no-op and training moves it from there. The gate order is ``(i, f, o, g)``; ``forget_bias`` starts
+    the forget gate's bias. The math lives in :func:`tmem_agents.ops.reference.factorized_conv`
     and the fused kernels; this module holds the parameters.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, forget_bias: float = 0.0) -> None:
         super().__init__()
         mixed = 2 * channels
         identity = torch.tensor([0.0, 1.0, 0.0]).repeat(mixed, 1)
@@ -30,6 +31,8 @@ class FactorizedGateConv(nn.Module):
         self.pointwise = nn.Parameter(torch.empty(4 * channels, mixed))
         self.pointwise_bias = nn.Parameter(torch.zeros(4 * channels))
         nn.init.xavier_uniform_(self.pointwise)
+        with torch.no_grad():
+            self.pointwise_bias[channels : 2 * channels] = forget_bias
 
     def weights(self) -> ConvWeights:
         """The parameters in the layout the memory-step operators take."""
