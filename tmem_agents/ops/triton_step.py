@@ -146,16 +146,17 @@ def _step_kernel(
         conv_v += factor * _axis_factor(w, W, x, den, radius, w0, w1, w2, WINDOWED, DT)
     conv_v = tl.where(tile_mask, conv_v, 0.0)
 
-    # h's channels (C + ch): the 3x3x3 stencil of the chained depthwise convs.
+    # h's channels (C + ch): the 3x3x3 stencil of the chained depthwise convs (runtime loops: unrolled,
+    # the 27 loads would be hoisted together and spill registers).
     hc = C + ch
     conv_h = _bias_terms(taps_h, taps_w, bias_d, bias_h, bias_w, hc, ch_mask, h, w, H, W, DT)
-    for a in tl.static_range(3):
+    for a in range(3):
         td = tl.load(taps_d + hc * 3 + a, mask=ch_mask, other=0.0).to(DT)
         jd = d + (a - 1)
-        for e in tl.static_range(3):
+        for e in range(3):
             th = tl.load(taps_h + hc * 3 + e, mask=ch_mask, other=0.0).to(DT) * td
             jh = h + (e - 1)
-            for f in tl.static_range(3):
+            for f in range(3):
                 tw = tl.load(taps_w + hc * 3 + f, mask=ch_mask, other=0.0).to(DT) * th
                 jw = w + (f - 1)
                 inside = s_mask & (jd >= 0) & (jd < D) & (jh >= 0) & (jh < H) & (jw >= 0) & (jw < W)
@@ -227,6 +228,6 @@ def memory_step(
         h, c, read_locations, values, write_locations, sigma, *params, read, h_next, c_next,
         num_reads, num, channels, depth, height, width, radius or 0,
         WINDOWED=radius is not None, BORDER=padding_mode == "border", DT=tl_dtype(dt),
-        BLOCK_R=block_r, BLOCK_C=block_c, BLOCK_S=block_s,
+        BLOCK_R=block_r, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=8,
     )  # fmt: skip
     return read, h_next, c_next
