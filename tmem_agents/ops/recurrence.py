@@ -26,9 +26,11 @@ class _Recurrence(torch.autograd.Function):
         channels = h.shape[1]
         read_from, cells, activations = [], [], []
         shape = (-1, 1, 1, 1, 1)
+        resets = (keep < 1).any(dim=1).tolist()
         for step in range(from_writes.shape[0]):
-            h = h * keep[step].view(shape)
-            c = c * keep[step].view(shape)
+            if resets[step]:
+                h = h * keep[step].view(shape)
+                c = c * keep[step].view(shape)
             read_from.append(h)
             cells.append(c)
             gates = from_writes[step] + state_gates(h, weights, pointwise)
@@ -40,13 +42,18 @@ class _Recurrence(torch.autograd.Function):
             h = o * tanh_c
             activations.append((ifo, g, tanh_c))
         ctx.save_for_backward(keep, pointwise, *depthwise_weights)
-        ctx.read_from, ctx.cells, ctx.activations = read_from, cells, activations
+        ctx.read_from, ctx.cells, ctx.activations, ctx.resets = read_from, cells, activations, resets
         return torch.stack(read_from), h, c
 
     @staticmethod
     def backward(ctx, grad_read_from, grad_h, grad_c):  # noqa: ANN001
         keep, pointwise, *depthwise_weights = ctx.saved_tensors
         weights = DepthwiseWeights(*depthwise_weights)
+        transposed = weights._replace(  # the transpose of the linear part: taps reversed, no bias
+            taps_d=weights.taps_d.flip(1), taps_h=weights.taps_h.flip(1), taps_w=weights.taps_w.flip(1),
+            bias_d=torch.zeros_like(weights.bias_d), bias_h=torch.zeros_like(weights.bias_h),
+            bias_w=torch.zeros_like(weights.bias_w),
+        )
         steps = len(ctx.cells)
         shape = (-1, 1, 1, 1, 1)
         dh = torch.zeros_like(ctx.read_from[0]) if grad_h is None else grad_h
@@ -59,11 +66,13 @@ class _Recurrence(torch.autograd.Function):
             d_ifo = torch.cat([dc * g, dc * ctx.cells[step], dh * tanh_c], dim=1) * ifo * (1 - ifo)
             d_gates = torch.cat([d_ifo, dc * i * (1 - g * g)], dim=1)
             grad_gates.append(d_gates)
-            dh = depthwise_transpose(torch.matmul(pointwise.t(), d_gates.flatten(2)).view_as(dh), weights)
+            dh = depthwise_transpose(torch.matmul(pointwise.t(), d_gates.flatten(2)).view_as(dh), transposed)
             if grad_read_from is not None:
                 dh = dh + grad_read_from[step]
-            dh = dh * keep[step].view(shape)
-            dc = dc * f * keep[step].view(shape)
+            dc = dc * f
+            if ctx.resets[step]:
+                dh = dh * keep[step].view(shape)
+                dc = dc * keep[step].view(shape)
         grad_gates.reverse()
         grad_gates = torch.stack(grad_gates)
         with torch.enable_grad():

@@ -156,13 +156,12 @@ def depthwise(x: torch.Tensor, weights: DepthwiseWeights) -> torch.Tensor:
     return _depthwise_along(x, weights.taps_w, weights.bias_w, 4)
 
 
-def depthwise_transpose(grad: torch.Tensor, weights: DepthwiseWeights) -> torch.Tensor:
-    """Transpose of the linear part of :func:`depthwise` (for hand-written backward passes): the taps
-    reversed, the axes in reverse order, no bias."""
-    zero = torch.zeros_like(weights.bias_d)
-    grad = _depthwise_along(grad, weights.taps_w.flip(1), zero, 4)
-    grad = _depthwise_along(grad, weights.taps_h.flip(1), zero, 3)
-    return _depthwise_along(grad, weights.taps_d.flip(1), zero, 2)
+def depthwise_transpose(grad: torch.Tensor, transposed: DepthwiseWeights) -> torch.Tensor:
+    """Transpose of the linear part of :func:`depthwise`, for hand-written backward passes: the axes in
+    reverse order (W, H, D), with ``transposed`` holding the reversed taps (``taps.flip(1)``) and zero biases."""
+    grad = _depthwise_along(grad, transposed.taps_w, transposed.bias_w, 4)
+    grad = _depthwise_along(grad, transposed.taps_h, transposed.bias_h, 3)
+    return _depthwise_along(grad, transposed.taps_d, transposed.bias_d, 2)
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
