@@ -22,7 +22,16 @@ from tmem_agents import MemoryPPO
 from tmem_agents.evaluation import evaluate
 
 
-def run(model_name: str, seed: int, timesteps: int, delay: int, n_cues: int, episodes: int, extractor: dict) -> dict:
+def run(
+    model_name: str,
+    seed: int,
+    timesteps: int,
+    delay: int,
+    n_cues: int,
+    episodes: int,
+    extractor: dict,
+    n_epochs: int = 4,
+) -> dict:
     env_kwargs = {"delay": delay, "n_cues": n_cues}
     env = make_vec_env("tmem/CueRecall-v0", n_envs=8, seed=seed, env_kwargs=env_kwargs)
     model = MemoryPPO(
@@ -62,6 +71,7 @@ def main() -> None:
     parser.add_argument("--delay", type=int, default=8)
     parser.add_argument("--n-cues", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--n-epochs", type=int, default=4)
     parser.add_argument(
         "--extractor",
         type=json.loads,
@@ -72,7 +82,9 @@ def main() -> None:
     torch.set_num_threads(1)
     for model_name in args.models:
         for seed in args.seeds:
-            row = run(model_name, seed, args.timesteps, args.delay, args.n_cues, args.episodes, args.extractor)
+            row = run(
+                model_name, seed, args.timesteps, args.delay, args.n_cues, args.episodes, args.extractor, args.n_epochs
+            )
             row["extractor"] = args.extractor
             print(json.dumps(row), flush=True)
 
