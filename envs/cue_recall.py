@@ -16,9 +16,7 @@ def _delay_range(delay: int | tuple[int, int]) -> tuple[int, int]:
         and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair)
         and 0 <= pair[0] <= pair[1]
     ):
-        raise ValueError(
-            f"delay must be an int >= 0 or a (low, high) pair with 0 <= low <= high, got {delay!r}"
-        )
+        raise ValueError(f"delay must be an int >= 0 or a (low, high) pair with 0 <= low <= high, got {delay!r}")
     return int(pair[0]), int(pair[1])
 
 

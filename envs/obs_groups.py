@@ -87,15 +87,12 @@ def resolve_entries(env: gym.Env, entries: Sequence[int | str], size: int) -> np
             if groups is None:
                 groups = observation_groups(env)
             if entry not in groups:
-                raise ValueError(
-                    f"unknown observation group {entry!r}; known groups: {', '.join(sorted(groups))}"
-                )
+                raise ValueError(f"unknown observation group {entry!r}; known groups: {', '.join(sorted(groups))}")
             out.extend(groups[entry])
         elif isinstance(entry, (int, np.integer)) and not isinstance(entry, bool):
             if not -size <= entry < size:
                 raise ValueError(
-                    f"index {entry} is out of range for an observation of {size} entries; "
-                    f"use indices in [0, {size})"
+                    f"index {entry} is out of range for an observation of {size} entries; use indices in [0, {size})"
                 )
             out.append(int(entry) % size)
         else:

@@ -32,8 +32,7 @@ class MovingOccluders:
             raise ValueError(f"size must be two ints (height, width) in pixels, got {size!r}")
         if not (1 <= size[0] <= height and 1 <= size[1] <= width):
             raise ValueError(
-                f"size {tuple(size)} must be at least 1 and fit the {height}x{width} image; "
-                "use a smaller occluder"
+                f"size {tuple(size)} must be at least 1 and fit the {height}x{width} image; use a smaller occluder"
             )
         if len(speed) != 2 or not 0 <= speed[0] <= speed[1]:
             raise ValueError(f"speed must be (low, high) with 0 <= low <= high pixels/step, got {speed!r}")

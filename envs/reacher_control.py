@@ -25,13 +25,11 @@ def inverse_kinematics(goal: np.ndarray, elbow: float) -> np.ndarray:
 def fingertip(q: np.ndarray) -> np.ndarray:
     """Fingertip (x, y) for joint angles ``q``."""
     l1, l2 = LINK_LENGTHS
-    return np.array(
-        [l1 * np.cos(q[0]) + l2 * np.cos(q[0] + q[1]), l1 * np.sin(q[0]) + l2 * np.sin(q[0] + q[1])]
-    )
+    return np.array([l1 * np.cos(q[0]) + l2 * np.cos(q[0] + q[1]), l1 * np.sin(q[0]) + l2 * np.sin(q[0] + q[1])])
 
 
 def reach_action(
-    q: np.ndarray, qdot: np.ndarray, goal: np.ndarray | None, kp: float = 2.0, kd: float = 0.15
+    q: np.ndarray, qdot: np.ndarray, goal: np.ndarray | None, kp: float = 0.7, kd: float = 0.15
 ) -> np.ndarray:
     """Torque (in [-1, 1]^2) driving the fingertip to ``goal``; with no goal, brake to a halt."""
     if goal is None:

@@ -88,9 +88,10 @@ class MaskObservation(gym.ObservationWrapper):
 class BlockOcclusion(gym.Wrapper):
     """Runs of occlusion: the observation (or ``entries``) reads 0 for ``k`` consecutive steps.
 
-    At each step where the observation is visible, a run starts with probability ``rate``; its
+    At each step that follows a visible observation, a run starts with probability ``rate``; its
     length ``k`` is drawn uniformly from ``length`` (both ends included), and the run covers that
-    step and the next ``k - 1``. The reset observation is always visible. The fraction of
+    step and the next ``k - 1``. Runs are thus separated by at least one visible observation, and
+    the reset observation is always visible. The fraction of
     occluded steps is about ``rate * mean(k) / (1 + rate * mean(k))``. ``info["occluded"]`` tells
     whether the step's observation was hidden.
     """
@@ -114,11 +115,13 @@ class BlockOcclusion(gym.Wrapper):
         self.length = (int(length[0]), int(length[1]))
         self.hidden = _selected(env, space, entries, "BlockOcclusion")
         self._remaining = 0
+        self._was_occluded = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Reset the env and end any occlusion run."""
         obs, info = self.env.reset(seed=seed, options=options)
         self._remaining = 0
+        self._was_occluded = False
         info["occluded"] = False
         return obs, info
 
@@ -126,12 +129,13 @@ class BlockOcclusion(gym.Wrapper):
         """Step the env; hide the observation while a run lasts."""
         obs, reward, terminated, truncated, info = self.env.step(action)
         rng = self.np_random
-        if self._remaining == 0 and rng.random() < self.rate:
+        if not self._was_occluded and rng.random() < self.rate:
             self._remaining = int(rng.integers(self.length[0], self.length[1] + 1))
         occluded = self._remaining > 0
         if occluded:
             self._remaining -= 1
             obs = _blank(obs, self.hidden)
+        self._was_occluded = occluded
         info["occluded"] = occluded
         return obs, reward, terminated, truncated, info
 
@@ -228,9 +232,7 @@ class PixelOccluder(gym.Wrapper):
         if color_arr.ndim == 0:
             color_arr = np.full(channels, color_arr)
         if color_arr.shape != (channels,) or np.any(color_arr < 0) or np.any(color_arr > 255):
-            raise ValueError(
-                f"color must be one int or {channels} ints in [0, 255] (one per channel), got {color!r}"
-            )
+            raise ValueError(f"color must be one int or {channels} ints in [0, 255] (one per channel), got {color!r}")
         self.color = color_arr.astype(np.uint8)
         self.occluders = MovingOccluders(height, width, n=n, size=size, speed=speed, shape=shape)
         self.covered = np.zeros((height, width), dtype=bool)
