@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 from gymnasium.envs.classic_control import CartPoleEnv, PendulumEnv
+
 from tmem_agents.envs.wrappers import BlockOcclusion, MaskObservation
 
 

@@ -10,6 +10,7 @@ import argparse
 import gymnasium as gym
 import imageio.v3 as iio
 import numpy as np
+
 from tmem_agents.envs.scripted import PixelReacherPolicy, Policy
 
 

@@ -8,6 +8,7 @@ import gymnasium as gym
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
 from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
+
 from tmem_agents.envs.wrappers import BlockOcclusion, MaskObservation
 
 

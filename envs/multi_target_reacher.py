@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
+
 from tmem_agents.envs.memory_reacher import SUCCESS_DISTANCE
 
 TARGET_RADIUS = 0.2

@@ -8,6 +8,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
+
 from tmem_agents.envs.memory_reacher import SUCCESS_DISTANCE
 from tmem_agents.envs.occluders import MovingOccluders
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.classic_control import CartPoleEnv
+
 from tmem_agents.envs.reacher_control import reach_action, wrap_angle
 
 

@@ -12,6 +12,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
 from tmem_agents.envs.obs_groups import resolve_entries
 from tmem_agents.envs.occluders import MovingOccluders
 

@@ -8,6 +8,7 @@ from gymnasium import spaces
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space
 from stable_baselines3.common.torch_layers import NatureCNN
 from tensordict import TensorDict
+
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor
 from tmem_agents.policies.encoders import check_observation_space, mlp
 

@@ -11,6 +11,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
 from tensordict import TensorDict
+
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
 from tmem_agents.policies.tensor_memory_extractor import TensorMemoryExtractor
 

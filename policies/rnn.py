@@ -5,9 +5,10 @@ from __future__ import annotations
 import gymnasium as gym
 import torch
 from tensordict import TensorDict
+from torch import nn
+
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, reset_state
 from tmem_agents.policies.encoders import base_encoder
-from torch import nn
 
 
 class RNNExtractor(RecurrentFeaturesExtractor):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import torch
 from tensordict import TensorDict
+
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
 from tmem_agents.policies.encoders import base_encoder, mlp
 

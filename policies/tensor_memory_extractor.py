@@ -8,11 +8,11 @@ from typing import Any
 import gymnasium as gym
 import torch
 from tensordict import TensorDict
-from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, reset_state
-from tmem_agents.policies.tokenizers import make_tokenizer
 from torch import nn
 
 from tmem_agents.memory import MemoryBlock, TensorMemory, TensorMemoryConfig
+from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, reset_state
+from tmem_agents.policies.tokenizers import make_tokenizer
 from tmem_agents.transformer import PreNormBlock
 
 # Sized for CPU training of small control tasks; the module's own defaults (8x8x8, C=16) suit GPUs.

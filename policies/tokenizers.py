@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space, is_image_space_channels_first
-from tmem_agents.policies.encoders import check_observation_space
 from torch import nn
+
+from tmem_agents.policies.encoders import check_observation_space
 
 MAX_IMAGE_GRID = 8
 

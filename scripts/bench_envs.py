@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
+
 from tmem_agents.envs import TASK_IDS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "tasks.md"

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
-from tmem_agents.policies import EXTRACTORS
 
 from tmem_agents import MemoryPPO
+from tmem_agents.policies import EXTRACTORS
 
 
 class _SpaceEnv(gym.Env):

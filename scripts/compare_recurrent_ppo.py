@@ -21,11 +21,11 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
-from tmem_agents.envs.wrappers import MaskObservation
-from tmem_agents.policies import LSTMExtractor, TensorMemoryExtractor
 from torch import nn
 
 from tmem_agents import MemoryPPO
+from tmem_agents.envs.wrappers import MaskObservation
+from tmem_agents.policies import LSTMExtractor, TensorMemoryExtractor
 
 SETTINGS = {
     "n_steps": 32,

@@ -13,13 +13,13 @@ import argparse
 import json
 import time
 
-import tmem_agents.envs  # noqa: F401  (registers the tasks)
 import torch
 from stable_baselines3.common.env_util import make_vec_env
-from tmem_agents.policies import EXTRACTORS
 
+import tmem_agents.envs  # noqa: F401  (registers the tasks)
 from tmem_agents import MemoryPPO
 from tmem_agents.evaluation import evaluate
+from tmem_agents.policies import EXTRACTORS
 
 
 def run(

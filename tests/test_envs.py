@@ -7,8 +7,9 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-import tmem_agents.envs
 from gymnasium.utils.env_checker import check_env
+
+import tmem_agents.envs
 from tmem_agents.envs import TASK_IDS, register_envs
 from tmem_agents.envs.cue_recall import CueRecallEnv
 from tmem_agents.envs.memory_reacher import MemoryReacherEnv

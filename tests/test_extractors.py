@@ -5,6 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import preprocess_obs
+
 from tmem_agents.policies import EXTRACTORS, TensorMemoryExtractor
 from tmem_agents.policies.base import map_obs
 

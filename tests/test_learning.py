@@ -18,8 +18,16 @@ TASK = {"delay": 3, "n_cues": 2}
 def _train_and_score(extractor, timesteps: int) -> tuple[float, float]:
     env = make_vec_env("tmem/CueRecall-v0", n_envs=8, seed=0, env_kwargs=TASK)
     model = MemoryPPO(
-        "MlpPolicy", env, n_steps=64, batch_size=128, n_epochs=4, bptt_len=16, learning_rate=1e-3, ent_coef=0.01,
-        seed=0, policy_kwargs={"features_extractor_class": extractor},
+        "MlpPolicy",
+        env,
+        n_steps=64,
+        batch_size=128,
+        n_epochs=4,
+        bptt_len=16,
+        learning_rate=1e-3,
+        ent_coef=0.01,
+        seed=0,
+        policy_kwargs={"features_extractor_class": extractor},
     )
     model.learn(timesteps)
     eval_env = make_vec_env("tmem/CueRecall-v0", n_envs=8, seed=1000, env_kwargs=TASK)

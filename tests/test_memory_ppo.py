@@ -11,11 +11,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
-from tmem_agents.policies import EXTRACTORS
 
 from tmem_agents import MemoryPPO
 from tmem_agents.algos import NonFiniteError
 from tmem_agents.evaluation import evaluate
+from tmem_agents.policies import EXTRACTORS
 
 SMALL = {
     "tensor_memory": {"features_dim": 16, "token_dim": 16, "memory": {"grid": (3, 3, 3), "channels": 4}},

@@ -14,6 +14,7 @@ from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tmem_agents.envs.obs_groups import observation_groups
 from tmem_agents.envs.occluders import MovingOccluders
 from tmem_agents.envs.wrappers import BlockOcclusion, Flicker, MaskObservation, PixelOccluder, SensorDropout

@@ -50,8 +50,11 @@ class _Recurrence(torch.autograd.Function):
         keep, pointwise, *depthwise_weights = ctx.saved_tensors
         weights = DepthwiseWeights(*depthwise_weights)
         transposed = weights._replace(  # the transpose of the linear part: taps reversed, no bias
-            taps_d=weights.taps_d.flip(1), taps_h=weights.taps_h.flip(1), taps_w=weights.taps_w.flip(1),
-            bias_d=torch.zeros_like(weights.bias_d), bias_h=torch.zeros_like(weights.bias_h),
+            taps_d=weights.taps_d.flip(1),
+            taps_h=weights.taps_h.flip(1),
+            taps_w=weights.taps_w.flip(1),
+            bias_d=torch.zeros_like(weights.bias_d),
+            bias_h=torch.zeros_like(weights.bias_h),
             bias_w=torch.zeros_like(weights.bias_w),
         )
         steps = len(ctx.cells)

@@ -1,0 +1,1 @@
+"""Hydra launcher configs (SLURM through hydra-submitit-launcher)."""

@@ -1,0 +1,219 @@
+"""End-to-end tests of tmem-train and tmem-eval on tiny budgets: run folders, seeds, resume, eval, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tmem_agents.evaluate import main as eval_main
+from tmem_agents.run_folder import RunFolder, atomic_write
+from tmem_agents.train import main as train_main
+
+TINY = [
+    "algo.n_envs=2",
+    "algo.n_steps=64",
+    "algo.batch_size=64",
+    "algo.bptt_len=16",
+    "algo.n_epochs=2",
+    "model.features_dim=32",
+    "checkpoint_freq=256",
+    "eval_freq=512",
+    "eval_episodes=2",
+    "eval_envs=2",
+    "final_eval_episodes=2",
+    "progress_bar=false",
+    "log_formats=[csv]",
+    "device=cpu",
+]
+TM_SMALL = ["model.token_dim=16", "model.memory.channels=4", "model.memory.grid=[3,3,3]"]
+
+
+def train(run_dir: Path, *overrides: str) -> RunFolder:
+    """Run tmem-train in this process with the tiny budget; returns the run folder."""
+    train_main([*TINY, *overrides, f"hydra.run.dir={run_dir}"])
+    return RunFolder(run_dir)
+
+
+def progress(run: RunFolder, name: str = "progress.csv") -> list[dict[str, str]]:
+    with open(run.logs / name) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> RunFolder:
+    """A 2k-step Tensor Memory run on the occluded CartPole."""
+    return train(tmp_path_factory.mktemp("runs") / "tm", "total_timesteps=2048", *TM_SMALL)
+
+
+def test_train_writes_run_folder(trained: RunFolder) -> None:
+    root = trained.root
+    config = OmegaConf.load(trained.config)
+    assert config.model.name == "tensor_memory" and config.env.id == "tmem/CartPoleOccluded-v0"
+    assert (root / ".hydra" / "overrides.yaml").is_file() and (root / "train.log").is_file()
+    rows = progress(trained)
+    assert int(rows[-1]["time/total_timesteps"]) == 2048
+    assert "train/value_loss" in rows[-1] and "eval/mean_return" in rows[0].keys()
+    assert [step for step, _ in trained.list_checkpoints()] == [1280, 1536, 1792]
+    assert (trained.best / "model.zip").is_file() and (trained.best / "eval.json").is_file()
+    assert trained.final_model.is_file()
+    summary = json.loads(trained.summary.read_text())
+    assert {"mean_return", "std_return", "episodes", "seed"} <= summary.keys()
+    assert summary["episodes"] == 2 and summary["seed"] == 0 and summary["timesteps"] == 2048
+    leftovers = [p for p in root.rglob(".*") if p.name != ".hydra" and ".hydra" not in p.parts]
+    assert leftovers == []
+
+
+def test_same_seed_logs_identical_losses(tmp_path: Path) -> None:
+    args = ["total_timesteps=512", "eval_freq=0", "model=lstm", "seed=7"]
+    first, second = train(tmp_path / "a", *args), train(tmp_path / "b", *args)
+    other = train(tmp_path / "c", *args[:-1], "seed=8")
+    keys = ["train/loss", "train/value_loss", "train/policy_gradient_loss", "train/approx_kl"]
+
+    def losses(run: RunFolder) -> list[list[str]]:
+        return [[row[key] for key in keys] for row in progress(run)]
+
+    assert losses(first) == losses(second)
+    assert losses(first) != losses(other)
+
+
+def test_resume_continues_step_counter(tmp_path: Path) -> None:
+    run = train(tmp_path / "run", "total_timesteps=1024", "model=gru", "algo.normalize=true")
+    # a run stopped after its last checkpoint: no final model, no summary
+    run.final_model.unlink()
+    run.summary.unlink()
+    (run.root / "vecnormalize.pkl").unlink()
+    last_step = run.list_checkpoints()[-1][0]
+    assert last_step == 768
+    train_main([f"resume={run.root}", "total_timesteps=1536"])
+    summary = json.loads(run.summary.read_text())
+    assert summary["timesteps"] == 1536
+    steps = [int(row["time/total_timesteps"]) for row in progress(run)]
+    assert steps[0] == last_step + 128 and steps[-1] == 1536
+    assert (run.logs / "progress.0.csv").is_file()
+    assert OmegaConf.load(run.config).model.name == "gru"
+    assert (run.root / "vecnormalize.pkl").is_file()
+
+
+def test_eval_writes_json_and_memory_pictures(trained: RunFolder) -> None:
+    eval_args = [f"run_dir={trained.root}", "episodes=2", "memory_ablation=true", "progress_bar=false"]
+    run_eval(eval_args + ["memory_video=true", "video_format=gif", "device=cpu"])
+    results = json.loads((trained.root / "eval.json").read_text())
+    assert results["episodes"] == 2 and results["deterministic"] is True
+    assert {"mean_return", "std_return"} <= results["ablation"].keys()
+    assert results["memory_gain"] == results["mean_return"] - results["ablation"]["mean_return"]
+    assert (trained.videos / "memory.gif").stat().st_size > 0 and (trained.videos / "memory.png").is_file()
+
+
+def test_eval_video(trained: RunFolder) -> None:
+    pytest.importorskip("pygame", reason="CartPole renders through pygame")
+    run_eval([f"run_dir={trained.root}", "episodes=1", "video=true", "checkpoint=best", "output=video_eval.json"])
+    assert (trained.videos / "episode.mp4").stat().st_size > 0
+    assert json.loads((trained.root / "video_eval.json").read_text())["checkpoint"].endswith("best/model.zip")
+
+
+def run_eval(args: list[str]) -> None:
+    eval_main(args)
+
+
+def test_any_gym_env_with_wrappers(tmp_path: Path) -> None:
+    run = train(
+        tmp_path / "gym",
+        "env=gym",
+        "env.id=gymnasium.envs.classic_control:CartPole-v1",
+        "+env.wrappers={mask: {hide: [1, 3]}, flicker: {p: 0.2}}",
+        "model=frame_stack",
+        "total_timesteps=256",
+        "eval_freq=0",
+    )
+    summary = json.loads(run.summary.read_text())
+    assert summary["env"] == "gymnasium.envs.classic_control:CartPole-v1" and summary["model"] == "frame_stack"
+
+
+def test_multirun_in_parallel(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["seed=0,1", "model=mlp,lstm", "total_timesteps=128", "eval_freq=0", "final_eval_episodes=1"]
+    train_main(["-m", *TINY, *args, "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"])
+    runs = sorted(path.name for path in sweep.iterdir() if path.is_dir())
+    assert runs == [
+        "0_cartpole_occluded_mlp_s0",
+        "1_cartpole_occluded_lstm_s0",
+        "2_cartpole_occluded_mlp_s1",
+        "3_cartpole_occluded_lstm_s1",
+    ]
+    assert all(RunFolder(sweep / name).finished for name in runs)
+
+
+def test_atomic_write_leaves_target_intact_on_crash(tmp_path: Path) -> None:
+    target = tmp_path / "model.zip"
+    target.write_text("old")
+
+    def crash(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, crash)
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run a command's ``main`` in this process; it must exit non-zero. Returns what it wrote to stderr."""
+    argv = sys.argv
+    sys.argv = ["tmem", *args]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            command()
+    finally:
+        sys.argv = argv
+    assert exit_info.value.code not in (0, None)
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model=transformer"], "Available options in 'model'"),
+        (["model.name=transformer"], "available: frame_stack, gru, lstm, mlp, tensor_memory"),
+        (["total_timesteps=-5"], "total_timesteps=-5: must be >= 1"),
+        (["algo.n_steps=abc"], "algo.n_steps"),
+        (["seeed=1"], "Key 'seeed' not in 'TrainConfig'"),
+        (["env=gym", "env.id=NoSuchEnv-v0"], "env.id='NoSuchEnv-v0'"),
+        (["+env.wrappers={blur: {}}"], "env.wrappers.blur"),
+        (["resume=does/not/exist"], "resume="),
+    ],
+)
+def test_bad_train_overrides_fail_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert message in fails(train_main, [*args, f"hydra.run.dir={out}"], capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [([], "run_dir is required"), (["run_dir=does/not/exist"], "no such folder"), (["episodes=zero"], "episodes")],
+)
+def test_bad_eval_overrides_fail_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert message in fails(eval_main, args, capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_scripts_exit_non_zero(tmp_path: Path) -> None:
+    code = "import sys; from tmem_agents.{} import main; main()"
+    for script, args in (("train", ["total_timesteps=-1", f"hydra.run.dir={tmp_path / 'run'}"]), ("evaluate", [])):
+        result = subprocess.run(
+            [sys.executable, "-c", code.format(script), *args], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode != 0 and result.stderr.strip()
+    assert not (tmp_path / "run").exists()

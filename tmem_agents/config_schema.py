@@ -1,0 +1,280 @@
+"""Structured config schemas of ``tmem-train`` and ``tmem-eval``, registered in Hydra's ConfigStore.
+
+Hydra checks every key and type against these dataclasses while composing, so a typo or a bad type fails
+before anything runs, naming the key. :func:`validate_train` and :func:`validate_eval` then check the
+values (ranges, names, paths); :func:`compose` builds a config from the shipped yamls without
+Hydra's app, so the commands can check it before any folder is created.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is out of range, unknown or inconsistent; the message names the key and the value."""
+
+
+@dataclass
+class EnvConfig:
+    """The task: a registered Gymnasium id (``module:EnvId`` imports ``module`` first) and its wrappers.
+
+    ``wrappers`` maps a wrapper name (see :data:`tmem_agents.env_factory.WRAPPERS`) to its keyword
+    arguments; they are applied in the order given.
+    """
+
+    id: str = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    wrappers: dict[str, Any] = field(default_factory=dict)
+    max_episode_steps: int | None = None
+
+
+@dataclass
+class AlgoConfig:
+    """MemoryPPO hyperparameters, the number of envs, and optional VecNormalize."""
+
+    name: str = "ppo"
+    n_envs: int = 8
+    vec_env: str = "dummy"
+    learning_rate: float = 3e-4
+    lr_schedule: str = "constant"
+    n_steps: int = 128
+    batch_size: int = 256
+    n_epochs: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    clip_range_vf: float | None = None
+    normalize_advantage: bool = True
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None
+    bptt_len: int = 32
+    normalize: bool = False
+    norm_obs: bool = True
+    norm_reward: bool = True
+    clip_obs: float = 10.0
+
+
+@dataclass
+class ModelConfig:
+    """The policy's feature extractor (``name``, a key of ``tmem_agents.policies.EXTRACTORS``) and heads."""
+
+    name: str = MISSING
+    features_dim: int = 64
+    net_arch: list[int] | None = None
+    share_features_extractor: bool = True
+
+
+@dataclass
+class MemoryGridConfig:
+    """Fields of :class:`tmem_agents.memory.TensorMemoryConfig` exposed to configs (``None``: its default)."""
+
+    grid: list[int] = field(default_factory=lambda: [4, 4, 4])
+    channels: int = 8
+    chunk_size: int | None = None
+    sigma_scale: float = 1.0
+    write_radius: int | None = None
+    backend: str = "auto"
+
+
+@dataclass
+class TensorMemoryModelConfig(ModelConfig):
+    name: str = "tensor_memory"
+    token_dim: int = 32
+    n_layers: int = 1
+    heads: int = 2
+    group_size: int = 4
+    memory: MemoryGridConfig = field(default_factory=MemoryGridConfig)
+
+
+@dataclass
+class FrameStackModelConfig(ModelConfig):
+    name: str = "frame_stack"
+    n_frames: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """``tmem-train``: what to train, for how long, and what the run folder receives."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: Any = MISSING
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    seed: int = 0
+    total_timesteps: int = 100_000
+    device: str = "auto"
+    torch_threads: int = 1
+    resume: str | None = None
+    progress_bar: bool = True
+    log_formats: list[str] = field(default_factory=lambda: ["stdout", "csv", "tensorboard"])
+    log_interval: int = 1
+    checkpoint_freq: int = 25_000
+    keep_checkpoints: int = 3
+    eval_freq: int = 10_000
+    eval_episodes: int = 10
+    eval_envs: int = 4
+    final_eval_episodes: int = 20
+    deterministic_eval: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """``tmem-eval``: which saved model of a run folder to roll out, and what to write back into it."""
+
+    run_dir: str = MISSING
+    checkpoint: str = "final"
+    episodes: int = 10
+    n_envs: int = 1
+    deterministic: bool = True
+    memory_ablation: bool = False
+    video: bool = False
+    memory_video: bool = False
+    video_episodes: int = 1
+    video_format: str = "mp4"
+    fps: int = 30
+    seed: int | None = None
+    device: str = "auto"
+    torch_threads: int = 1
+    progress_bar: bool = True
+    output: str = "eval.json"
+
+
+MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
+    "tensor_memory": TensorMemoryModelConfig,
+    "lstm": ModelConfig,
+    "gru": ModelConfig,
+    "mlp": ModelConfig,
+    "frame_stack": FrameStackModelConfig,
+}
+LOG_FORMATS = ("stdout", "csv", "tensorboard", "log", "json")
+VEC_ENVS = ("dummy", "subproc")
+LR_SCHEDULES = ("constant", "linear")
+CHECKPOINTS = ("final", "best", "last")
+VIDEO_FORMATS = ("mp4", "gif")
+CONFIG_MODULE = "tmem_agents.configs"
+
+
+def register_configs() -> None:
+    """Store the schemas: ``train_schema``, ``eval_schema`` and ``schema/model/<name>`` for the model yamls."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    store.store(name="eval_schema", node=EvalConfig)
+    for name, schema in MODEL_SCHEMAS.items():
+        store.store(group="schema/model", name=name, node=schema)
+
+
+def _fail(key: str, value: Any, requirement: str) -> None:
+    raise ConfigError(f"{key}={value!r}: {requirement}")
+
+
+def _at_least(cfg: DictConfig, prefix: str, names: tuple[str, ...], minimum: float) -> None:
+    for name in names:
+        value = cfg[name]
+        if value < minimum:
+            _fail(f"{prefix}{name}", value, f"must be >= {minimum}")
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        _fail(key, value, f"must be one of {sorted(allowed)}")
+
+
+def _check_device(key: str, device: str) -> None:
+    import torch
+
+    try:
+        torch.device(device if device != "auto" else "cpu")
+    except RuntimeError:
+        _fail(key, device, "is not a torch device (use auto, cpu, cuda or cuda:N)")
+
+
+def validate_env(env: DictConfig) -> None:
+    """The env id is registered (importing ``module`` of ``module:EnvId``) and the wrappers are known."""
+    import gymnasium as gym
+
+    import tmem_agents.envs  # noqa: F401  (registers the task suite)
+    from tmem_agents.env_factory import WRAPPERS
+
+    module, _, name = env.id.rpartition(":")
+    try:
+        if module:
+            importlib.import_module(module)
+        gym.spec(name)
+    except (gym.error.Error, ModuleNotFoundError) as error:
+        _fail("env.id", env.id, f"is not a registered Gymnasium env ({error})")
+    for name in env.wrappers:
+        _one_of(f"env.wrappers.{name}", name, list(WRAPPERS))
+        if not isinstance(env.wrappers[name], (DictConfig, dict)) and env.wrappers[name] is not None:
+            _fail(f"env.wrappers.{name}", env.wrappers[name], "must be a mapping of keyword arguments (or null)")
+    if env.max_episode_steps is not None and env.max_episode_steps < 1:
+        _fail("env.max_episode_steps", env.max_episode_steps, "must be >= 1 or null")
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """Check the values of a composed ``tmem-train`` config; raise :class:`ConfigError` naming the key."""
+    from tmem_agents.policies import EXTRACTORS
+
+    _at_least(cfg, "", ("total_timesteps", "torch_threads", "log_interval", "checkpoint_freq"), 1)
+    _at_least(cfg, "", ("seed", "keep_checkpoints", "eval_freq", "final_eval_episodes"), 0)
+    _at_least(cfg, "", ("eval_episodes", "eval_envs"), 1)
+    for fmt in cfg.log_formats:
+        _one_of("log_formats", fmt, LOG_FORMATS)
+    _check_device("device", cfg.device)
+    algo = cfg.algo
+    _at_least(algo, "algo.", ("n_envs", "n_steps", "batch_size", "n_epochs", "bptt_len"), 1)
+    _at_least(algo, "algo.", ("learning_rate", "clip_range", "ent_coef", "vf_coef", "max_grad_norm", "clip_obs"), 0)
+    _one_of("algo.vec_env", algo.vec_env, VEC_ENVS)
+    _one_of("algo.lr_schedule", algo.lr_schedule, LR_SCHEDULES)
+    for name in ("gamma", "gae_lambda"):
+        if not 0 <= algo[name] <= 1:
+            _fail(f"algo.{name}", algo[name], "must lie in [0, 1]")
+    if algo.batch_size < algo.bptt_len:
+        _fail("algo.batch_size", algo.batch_size, f"counts steps and must be >= algo.bptt_len ({algo.bptt_len})")
+    model = cfg.model
+    if model.name not in EXTRACTORS:
+        _fail("model.name", model.name, f"is not a model; available: {', '.join(sorted(EXTRACTORS))}")
+    _at_least(model, "model.", ("features_dim",), 1)
+    if model.net_arch is not None and any(width < 1 for width in model.net_arch):
+        _fail("model.net_arch", list(model.net_arch), "layer widths must be >= 1")
+    validate_env(cfg.env)
+    if cfg.resume is not None:
+        from tmem_agents.run_folder import RunFolder
+
+        RunFolder(Path(cfg.resume)).require_checkpoint("resume")
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    """Check the values of a composed ``tmem-eval`` config; raise :class:`ConfigError` naming the key."""
+    from tmem_agents.run_folder import RunFolder
+
+    if OmegaConf.is_missing(cfg, "run_dir"):
+        raise ConfigError("run_dir is required: tmem-eval run_dir=<run folder written by tmem-train>")
+    _at_least(cfg, "", ("episodes", "n_envs", "video_episodes", "fps", "torch_threads"), 1)
+    _one_of("video_format", cfg.video_format, VIDEO_FORMATS)
+    _check_device("device", cfg.device)
+    if cfg.seed is not None and cfg.seed < 0:
+        _fail("seed", cfg.seed, "must be >= 0 or null")
+    if Path(cfg.output).name != cfg.output or not cfg.output.endswith(".json"):
+        _fail("output", cfg.output, "must be a file name ending in .json (it is written into the run folder)")
+    run = RunFolder(Path(cfg.run_dir))
+    run.require_config("run_dir")
+    if cfg.checkpoint in CHECKPOINTS:
+        run.model_path(cfg.checkpoint)
+    elif not Path(cfg.checkpoint).is_file():
+        _fail("checkpoint", cfg.checkpoint, f"must be one of {list(CHECKPOINTS)} or the path of a saved model")
+
+
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``train`` or ``eval`` from the shipped configs with command-line ``overrides`` (no run folder)."""
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name, overrides=overrides)
