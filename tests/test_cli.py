@@ -48,7 +48,7 @@ def progress(run: RunFolder, name: str = "progress.csv") -> list[dict[str, str]]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> RunFolder:
     """A 2k-step Tensor Memory run on the occluded CartPole."""
-    return train(tmp_path_factory.mktemp("runs") / "tm", "total_timesteps=2048", *TM_SMALL)
+    return train(tmp_path_factory.mktemp("runs") / "tm", "env=cartpole_occluded", "total_timesteps=2048", *TM_SMALL)
 
 
 def test_train_writes_run_folder(trained: RunFolder) -> None:
@@ -141,10 +141,10 @@ def test_multirun_in_parallel(tmp_path: Path) -> None:
     train_main(["-m", *TINY, *args, "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"])
     runs = sorted(path.name for path in sweep.iterdir() if path.is_dir())
     assert runs == [
-        "0_cartpole_occluded_mlp_s0",
-        "1_cartpole_occluded_lstm_s0",
-        "2_cartpole_occluded_mlp_s1",
-        "3_cartpole_occluded_lstm_s1",
+        "0_cue_recall_mlp_s0",
+        "1_cue_recall_lstm_s0",
+        "2_cue_recall_mlp_s1",
+        "3_cue_recall_lstm_s1",
     ]
     assert all(RunFolder(sweep / name).finished for name in runs)
 
