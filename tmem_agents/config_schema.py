@@ -276,5 +276,6 @@ def validate_eval(cfg: DictConfig) -> None:
 
 def compose(config_name: str, overrides: list[str]) -> DictConfig:
     """Compose ``train`` or ``eval`` from the shipped configs with command-line ``overrides`` (no run folder)."""
+    register_configs()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return hydra_compose(config_name, overrides=overrides)
