@@ -2,9 +2,11 @@
 
 Trains MemoryPPO with each chosen extractor on ``tmem/CueRecall-v0`` and prints, per model and seed,
 the success rate with the state carried and with the state reset at every step (the memory ablation).
-A memoryless policy's ceiling is 1 / n_cues.
+A memoryless policy's ceiling is 1 / n_cues. ``--variants`` runs several extractor settings (an
+ablation) and ends with a table of mean success per setting; ``--out`` appends every row as JSON.
 
     python scripts/recall_check.py --models tensor_memory mlp --seeds 0 1 2 --timesteps 30000
+    python scripts/recall_check.py --models tensor_memory --variants '[{}, {"memory": {"gate_init": 0.0}}]'
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from stable_baselines3.common.env_util import make_vec_env
@@ -73,20 +76,37 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--n-epochs", type=int, default=4)
     parser.add_argument(
-        "--extractor",
+        "--variants",
         type=json.loads,
-        default={},
-        help='extractor kwargs as JSON, e.g. \'{"memory": {"channels": 16}}\'',
+        default=[{}],
+        help='a JSON list of extractor kwargs, e.g. \'[{}, {"memory": {"channels": 16}}]\'',
     )
+    parser.add_argument("--out", type=Path, help="append each row as a JSON line to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    table = []
     for model_name in args.models:
-        for seed in args.seeds:
-            row = run(
-                model_name, seed, args.timesteps, args.delay, args.n_cues, args.episodes, args.extractor, args.n_epochs
-            )
-            row["extractor"] = args.extractor
-            print(json.dumps(row), flush=True)
+        for variant in args.variants:
+            rows = []
+            for seed in args.seeds:
+                row = run(
+                    model_name, seed, args.timesteps, args.delay, args.n_cues, args.episodes, variant, args.n_epochs
+                )
+                row["extractor"] = variant
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if args.out:
+                    with open(args.out, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+            table.append((model_name, variant, rows))
+    print("\n| model | setting | success per seed | mean | state reset every step | steps/s |")
+    print("|---|---|---|---|---|---|")
+    for model_name, variant, rows in table:
+        per_seed = ", ".join(f"{r['success']:.2f}" for r in rows)
+        mean = sum(r["success"] for r in rows) / len(rows)
+        ablated = sum(r["success_state_reset_each_step"] for r in rows) / len(rows)
+        speed = sum(r["steps_per_second"] for r in rows) / len(rows)
+        print(f"| {model_name} | `{json.dumps(variant)}` | {per_seed} | {mean:.2f} | {ablated:.2f} | {speed:.0f} |")
 
 
 if __name__ == "__main__":
