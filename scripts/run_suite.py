@@ -212,8 +212,8 @@ def main() -> None:
             done = {(r["task"], r["model"], int(r["seed"])) for r in csv.DictReader(f)}
     jobs = [
         (task, spec, model, seed)
-        for seed in args.seeds
         for task, spec in tasks.items()
+        for seed in args.seeds
         for model in args.models
         if (task, model, seed) not in done and not (model == REFERENCE and spec.get("pixels"))
     ]
