@@ -1,0 +1,118 @@
+"""Tables and learning-curve plots from a suite sweep (``scripts/run_suite.py``).
+
+Reads ``<results>/summary.csv`` and each run's CSV log; writes ``docs/results/<task>.png`` (mean episode
+return over training, one line per model, shaded min-max over seeds) and prints markdown tables: final
+return (mean +- std over seeds), the return with the state reset at every step, the memory's share (the
+gap), the steps each model needed to first reach 80 % of the best final return on the task, steps per
+second, state bytes per env and parameters. ``--write docs/results.md`` puts the tables between the
+``<!-- results -->`` markers of that file.
+
+    python scripts/summarize_results.py --results results --write docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+MARKERS = ("<!-- results -->", "<!-- /results -->")
+
+
+def _curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows = []
+    for path in sorted((run_dir / "logs").glob("progress*.csv")):
+        with open(path) as f:
+            rows += [r for r in csv.DictReader(f) if r.get("rollout/ep_rew_mean")]
+    steps = np.array([float(r["time/total_timesteps"]) for r in rows])
+    returns = np.array([float(r["rollout/ep_rew_mean"]) for r in rows])
+    return steps, returns
+
+
+def _fmt(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    return f"{np.mean(values):.3g} +- {np.std(values):.2g}" if len(values) > 1 else f"{values[0]:.3g}"
+
+
+def _float(value: str) -> float:
+    return float(value) if value not in ("", None) else math.nan
+
+
+def summarize(results: Path, plots: Path) -> str:
+    with open(results / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    by_task: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        by_task[row["task"]][row["model"]].append(row)
+    plots.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "| task | model | seeds | final return | state reset every step | memory's share | success | "
+        "steps to 80% of best | steps/s | state bytes/env | params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, models in by_task.items():
+        best = max(np.mean([_float(r["final_return"]) for r in runs]) for runs in models.values())
+        floor = min(np.mean([_float(r["final_return"]) for r in runs]) for runs in models.values())
+        threshold = floor + 0.8 * (best - floor)
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for model, runs in sorted(models.items()):
+            curves = [_curve(Path(r["run_dir"])) for r in runs]
+            reached = []
+            for steps, returns in curves:
+                hit = np.flatnonzero(returns >= threshold) if len(returns) else []
+                reached.append(steps[hit[0]] if len(hit) else math.nan)
+            curves = [c for c in curves if len(c[0])]
+            if curves:
+                grid = np.linspace(0, min(c[0][-1] for c in curves), 50)
+                ys = np.array([np.interp(grid, s, r) for s, r in curves])
+                ax.plot(grid, ys.mean(0), label=model)
+                ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2)
+            final = [_float(r["final_return"]) for r in runs]
+            ablated = [_float(r["ablation_return"]) for r in runs]
+            share = [a - b for a, b in zip(final, ablated, strict=True)]
+            done = [x for x in reached if not math.isnan(x)]
+            steps_to = f"{np.median(done):,.0f} ({len(done)}/{len(runs)})" if done else f"not reached (0/{len(runs)})"
+            lines.append(
+                f"| {task} | {model} | {len(runs)} | {_fmt(final)} | {_fmt(ablated)} | {_fmt(share)} | "
+                f"{_fmt([_float(r['success']) for r in runs])} | {steps_to} | "
+                f"{np.mean([_float(r['steps_per_second']) for r in runs]):.0f} | "
+                f"{int(float(runs[0]['state_bytes_per_env'])):,} | {int(float(runs[0]['params'])):,} |"
+            )
+        ax.set_title(task)
+        ax.set_xlabel("timesteps")
+        ax.set_ylabel("episode return (training)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(plots / f"{task}.png", dpi=110)
+        plt.close(fig)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--plots", type=Path, default=Path("docs/results"))
+    parser.add_argument("--write", type=Path, help="markdown file whose results markers receive the table")
+    args = parser.parse_args()
+    table = summarize(args.results, args.plots)
+    print(table)
+    if args.write:
+        text = args.write.read_text()
+        pattern = re.compile(re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1]), re.S)
+        args.write.write_text(pattern.sub(lambda _: f"{MARKERS[0]}\n{table}\n{MARKERS[1]}", text))
+
+
+if __name__ == "__main__":
+    main()
