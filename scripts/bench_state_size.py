@@ -62,9 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = [(h, *measure(h)) for h in HORIZONS]
-    print(
-        "| horizon (steps) | Tensor Memory, 8x8x8 x 16 ch (bytes/env) | sliding-window attention KV cache, d=64 (bytes/env) |"
-    )
+    print("| horizon (steps) | Tensor Memory, 8x8x8 x 16 ch (bytes/env) | attention KV cache, d=64 (bytes/env) |")
     print("|---|---|---|")
     for horizon, tm, kv in rows:
         print(f"| {horizon:,} | {tm:,} | {kv:,} |")
