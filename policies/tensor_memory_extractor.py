@@ -16,7 +16,15 @@ from tmem_agents.policies.tokenizers import make_tokenizer
 from tmem_agents.transformer import PreNormBlock
 
 # Sized for CPU training of small control tasks; the module's own defaults (8x8x8, C=16) suit GPUs.
-EXTRACTOR_MEMORY_DEFAULTS: dict[str, Any] = {"grid": (4, 4, 4), "channels": 8}
+# The fusion gate starts at sigmoid(0) = 0.5 and the forget gate's bias at 1, not at the reference's
+# sigmoid(-2) and 0: trained from scratch by PPO, the memory's read then reaches the policy and the
+# cue survives the first steps (delayed recall ablation in docs/results.md).
+EXTRACTOR_MEMORY_DEFAULTS: dict[str, Any] = {
+    "grid": (4, 4, 4),
+    "channels": 8,
+    "gate_init": 0.0,
+    "forget_bias_init": 1.0,
+}
 
 
 class TensorMemoryExtractor(RecurrentFeaturesExtractor):
@@ -27,7 +35,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     step per env step. State: the memory's ``{"h", "c"}``, each ``(B, C, D, H, W)``.
 
     Args:
-        memory: a :class:`TensorMemoryConfig` or a dict of its fields (defaults: 4x4x4 grid, 8 channels).
+        memory: a :class:`TensorMemoryConfig` or a dict of its fields (defaults: :data:`EXTRACTOR_MEMORY_DEFAULTS`).
     """
 
     def __init__(

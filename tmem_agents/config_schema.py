@@ -84,6 +84,8 @@ class MemoryGridConfig:
     chunk_size: int | None = None
     sigma_scale: float = 1.0
     write_radius: int | None = None
+    gate_init: float = 0.0
+    forget_bias_init: float = 1.0
     backend: str = "auto"
 
 
