@@ -5,15 +5,17 @@ return over training, one line per model, shaded min-max over seeds) and prints 
 return (mean +- std over seeds), the return with the state reset at every step, the memory's share (the
 gap), the steps each model needed to first reach 80 % of the best final return on the task, steps per
 second, state bytes per env and parameters. ``--write docs/results.md`` puts the tables between the
-``<!-- results -->`` markers of that file.
+``<!-- results -->`` markers of that file, and with ``--ablation`` the table of a
+``scripts/recall_check.py --out`` file between the ``<!-- ablation -->`` markers.
 
-    python scripts/summarize_results.py --results results --write docs/results.md
+    python scripts/summarize_results.py --results results --ablation results/ablation.jsonl --write docs/results.md
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import re
 from collections import defaultdict
@@ -26,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 MARKERS = ("<!-- results -->", "<!-- /results -->")
+ABLATION_MARKERS = ("<!-- ablation -->", "<!-- /ablation -->")
 
 
 def _curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -100,18 +103,46 @@ def summarize(results: Path, plots: Path) -> str:
     return "\n".join(lines)
 
 
+def ablation_table(path: Path) -> str:
+    """Mean success per extractor setting from ``scripts/recall_check.py --out`` rows."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        groups[json.dumps(row["extractor"], sort_keys=True)].append(row)
+    lines = [
+        "| setting | success per seed | mean success | state reset every step | steps/s |",
+        "|---|---|---|---|---|",
+    ]
+    for setting, rows in groups.items():
+        per_seed = ", ".join(f"{r['success']:.2f}" for r in sorted(rows, key=lambda r: r["seed"]))
+        lines.append(
+            f"| `{setting}` | {per_seed} | {np.mean([r['success'] for r in rows]):.2f} | "
+            f"{np.mean([r['success_state_reset_each_step'] for r in rows]):.2f} | "
+            f"{np.mean([r['steps_per_second'] for r in rows]):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _replace(text: str, markers: tuple[str, str], table: str) -> str:
+    pattern = re.compile(re.escape(markers[0]) + ".*?" + re.escape(markers[1]), re.S)
+    return pattern.sub(lambda _: f"{markers[0]}\n{table}\n{markers[1]}", text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--plots", type=Path, default=Path("docs/results"))
-    parser.add_argument("--write", type=Path, help="markdown file whose results markers receive the table")
+    parser.add_argument("--ablation", type=Path, help="JSON lines from scripts/recall_check.py --out")
+    parser.add_argument("--write", type=Path, help="markdown file whose results markers receive the tables")
     args = parser.parse_args()
     table = summarize(args.results, args.plots)
     print(table)
+    ablation = ablation_table(args.ablation) if args.ablation else None
+    if ablation:
+        print("\n" + ablation)
     if args.write:
-        text = args.write.read_text()
-        pattern = re.compile(re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1]), re.S)
-        args.write.write_text(pattern.sub(lambda _: f"{MARKERS[0]}\n{table}\n{MARKERS[1]}", text))
+        text = _replace(args.write.read_text(), MARKERS, table)
+        args.write.write_text(_replace(text, ABLATION_MARKERS, ablation) if ablation else text)
 
 
 if __name__ == "__main__":

@@ -468,3 +468,25 @@ def test_rejects_bad_padding_and_out() -> None:
         triton_read.trilinear_read(memory, queries, "reflection")
     with pytest.raises(ValueError, match="out must be"):
         triton_read.read_forward(memory, queries, True, out=torch.empty(1, 2, 4, device=DEVICE))
+
+
+def test_module_with_triton_backend_matches_torch_backend_over_steps_with_resets() -> None:
+    from tmem_agents.memory import TensorMemory, TensorMemoryConfig
+
+    torch.manual_seed(7)
+    memories = {
+        backend: TensorMemory(TensorMemoryConfig(grid=(3, 4, 5), channels=3, chunk_size=2, backend=backend), 6)
+        for backend in ("torch", "triton")
+    }
+    memories["triton"].load_state_dict(memories["torch"].state_dict())
+    states = {backend: memory.init_state(2) for backend, memory in memories.items()}
+    with torch.no_grad():
+        for step in range(4):
+            tokens = torch.randn(2, 4, 6)
+            starts = torch.tensor([[0.0, float(step == 2)], [float(step == 1), 0.0]])
+            outs = {}
+            for backend, memory in memories.items():
+                outs[backend], states[backend] = memory(tokens, states[backend], starts)
+            torch.testing.assert_close(outs["triton"], outs["torch"], atol=1e-4, rtol=1e-4)
+            for key in ("h", "c"):
+                torch.testing.assert_close(states["triton"][key], states["torch"][key], atol=1e-4, rtol=1e-4)
