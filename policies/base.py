@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import gymnasium as gym
 import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from tensordict import TensorDict
+
+from tmem_agents.state import reset_state
 
 Obs = torch.Tensor | dict[str, torch.Tensor]
 
@@ -35,22 +36,11 @@ def obs_batch_size(obs: Obs) -> int:
     return next(iter(obs.values())).shape[0] if isinstance(obs, dict) else obs.shape[0]
 
 
-def reset_state(state: TensorDict, episode_starts: torch.Tensor) -> TensorDict:
-    """Zero the state of the envs flagged in ``episode_starts`` ``(B,)``; others untouched."""
-    if state.is_empty():
-        return state
-    keep = 1.0 - episode_starts.to(torch.float32)
-    return state.apply(lambda t: t * keep.to(t.dtype).view(-1, *([1] * (t.dim() - 1))))
-
-
 class RecurrentFeaturesExtractor(BaseFeaturesExtractor):
     """Base class of the extractors: subclasses implement ``initial_state`` and ``forward_step``.
 
     ``forward(obs)`` (SB3's stateless call) runs one step from the initial state.
     """
-
-    def __init__(self, observation_space: gym.Space, features_dim: int) -> None:
-        super().__init__(observation_space, features_dim)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> TensorDict:
         """State at an episode start for ``batch_size`` envs."""

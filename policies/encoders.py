@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 from gymnasium import spaces
-from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor, NatureCNN
 from torch import nn
 
@@ -43,8 +43,3 @@ def mlp(in_dim: int, hidden: tuple[int, ...], activation: type[nn.Module] = nn.R
         layers += [nn.Linear(in_dim, width), activation()]
         in_dim = width
     return nn.Sequential(*layers)
-
-
-def flat_dim(observation_space: gym.Space) -> int:
-    """Size of a preprocessed observation once flattened."""
-    return get_flattened_obs_dim(observation_space)

@@ -12,7 +12,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
 from tensordict import TensorDict
 
-from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
+from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, obs_batch_size
 from tmem_agents.policies.tensor_memory_extractor import TensorMemoryExtractor
 
 
@@ -62,17 +62,24 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         return map_obs(lambda x: x.reshape(*leading, *x.shape[1:]), flat)
 
     def _features(
-        self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor
+        self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor, critic_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, TensorDict]:
-        """Actor and critic features for one step ``(B, ...)`` or a sequence ``(T, B, ...)``."""
+        """Actor and critic features for one step ``(B, ...)`` or a sequence ``(T, B, ...)``.
+
+        ``critic_only`` skips the actor's own extractor (when it has one): its features and state are omitted.
+        """
         sequence = episode_starts.dim() == 2
         obs = self._preprocess(obs, tuple(episode_starts.shape))
         new_state, features = {}, {}
-        for key, extractor in self._extractors().items():
+        extractors = self._extractors()
+        if critic_only and "vf" in extractors:
+            del extractors["pi"]
+        for key, extractor in extractors.items():
             run = extractor.sequence if sequence else extractor.step
             features[key], new_state[key] = run(obs, state[key], episode_starts)
         new_state = TensorDict(new_state, batch_size=state.batch_size, device=state.device)
-        return features["pi"], features.get("vf", features["pi"]), new_state
+        critic = features.get("vf", features.get("pi"))
+        return features.get("pi", critic), critic, new_state
 
     def forward(  # type: ignore[override]
         self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor, deterministic: bool = False
@@ -110,8 +117,22 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor
     ) -> torch.Tensor:
         """Critic values ``(B,)`` of one step from ``state``."""
-        _, vf_features, _ = self._features(obs, state, episode_starts)
+        _, vf_features, _ = self._features(obs, state, episode_starts, critic_only=True)
         return self.value_net(self.mlp_extractor.forward_critic(vf_features)).flatten()
+
+    def _check_state(self, state: object, n_envs: int) -> None:
+        keys = set(self._extractors())
+        if not isinstance(state, TensorDict):
+            raise TypeError(
+                f"state must be the TensorDict returned by the previous predict() (or None to start), got "
+                f"{type(state).__name__}"
+            )
+        if tuple(state.batch_size) != (n_envs,) or set(state.keys()) != keys:
+            raise ValueError(
+                f"state is for {tuple(state.batch_size)} envs with keys {sorted(state.keys())}, but the observation "
+                f"holds {n_envs} env(s) and this policy's state has keys {sorted(keys)}; pass state=None "
+                "to start new episodes"
+            )
 
     def predict(  # type: ignore[override]
         self,
@@ -127,11 +148,16 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         """
         self.set_training_mode(False)
         obs, vectorized = self.obs_to_tensor(observation)
-        n_envs = next(iter(obs.values())).shape[0] if isinstance(obs, dict) else obs.shape[0]
+        n_envs = obs_batch_size(obs)
         if state is None:
             state = self.initial_state(n_envs)
+        self._check_state(state, n_envs)
         if episode_start is None:
             episode_start = np.zeros(n_envs, dtype=bool)
+        if np.size(episode_start) != n_envs:
+            raise ValueError(
+                f"episode_start must hold one flag per env ({n_envs}), got shape {np.shape(episode_start)}"
+            )
         starts = torch.as_tensor(np.asarray(episode_start).reshape(n_envs), dtype=torch.float32, device=self.device)
         with torch.no_grad():
             actions, _, _, state = self.forward(obs, state, starts, deterministic=deterministic)

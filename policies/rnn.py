@@ -7,8 +7,9 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, reset_state
+from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
 from tmem_agents.policies.encoders import base_encoder
+from tmem_agents.state import reset_state
 
 
 class RNNExtractor(RecurrentFeaturesExtractor):
@@ -49,7 +50,7 @@ class RNNExtractor(RecurrentFeaturesExtractor):
         steps, batch = episode_starts.shape
         encoded = self.encoder(map_obs(lambda x: x.reshape(steps * batch, *x.shape[2:]), obs)).view(steps, batch, -1)
         # run the fused cell over the stretches between episode starts
-        starts = [0] + [t for t in range(1, steps) if bool(episode_starts[t].any())] + [steps]
+        starts = [0, *(episode_starts[1:].any(dim=1).nonzero().flatten() + 1).tolist(), steps]
         outputs = []
         for begin, end in zip(starts[:-1], starts[1:], strict=True):
             out, state = self._run(encoded[begin:end], reset_state(state, episode_starts[begin]))

@@ -11,8 +11,9 @@ from tensordict import TensorDict
 from torch import nn
 
 from tmem_agents.memory import MemoryBlock, TensorMemory, TensorMemoryConfig
-from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, reset_state
+from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
 from tmem_agents.policies.tokenizers import make_tokenizer
+from tmem_agents.state import reset_state
 from tmem_agents.transformer import PreNormBlock
 
 # Sized for CPU training of small control tasks; the module's own defaults (8x8x8, C=16) suit GPUs.
@@ -35,7 +36,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     step per env step. State: the memory's ``{"h", "c"}``, each ``(B, C, D, H, W)``.
 
     Args:
-        memory: a :class:`TensorMemoryConfig` or a dict of its fields (defaults: :data:`EXTRACTOR_MEMORY_DEFAULTS`).
+        memory: a dict of :class:`TensorMemoryConfig` fields, applied over :data:`EXTRACTOR_MEMORY_DEFAULTS` and
+            ``chunk_size = N``; or a complete :class:`TensorMemoryConfig`, used as it is.
     """
 
     def __init__(

@@ -85,7 +85,8 @@ def test_buffer_stores_one_state_per_chunk():
 
 
 @pytest.mark.parametrize(
-    "action_space", [spaces.Discrete(3), spaces.MultiDiscrete([2, 3]), spaces.Box(-1, 1, (2,), np.float32)]
+    "action_space",
+    [spaces.Discrete(3), spaces.MultiDiscrete([2, 3]), spaces.MultiBinary(3), spaces.Box(-1, 1, (2,), np.float32)],
 )
 def test_action_spaces(action_space):
     env = make_vec_env(ToyEnv, n_envs=2, seed=0, env_kwargs={"action_space": action_space})
@@ -188,3 +189,42 @@ def test_bad_arguments_raise_clear_errors():
         _model(env, batch_size=4, bptt_len=8)
     with pytest.raises(TypeError, match="RecurrentFeaturesExtractor"):
         MemoryPPO("MlpPolicy", env, policy_kwargs={"features_extractor_class": torch.nn.Linear})
+
+
+class TruncatedEnv(gym.Env):
+    """Constant observation, reward 1 each step, always truncated (never terminated) after 4 steps."""
+
+    observation_space = spaces.Box(-1, 1, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(2, np.float32), 1.0, False, self.t >= 4, {}
+
+
+def test_time_limit_truncation_is_bootstrapped_with_the_critic():
+    env = make_vec_env(TruncatedEnv, n_envs=2, seed=0)
+    model = _model(env, "lstm", n_steps=8, batch_size=16, gamma=0.9)
+    model.learn(16)
+    rewards = model.rollout_buffer.data["rewards"]
+    ends = model.rollout_buffer.data["episode_starts"].roll(-1, dims=0)[:-1] > 0  # the step before each start
+    assert torch.all(rewards[:-1][~ends] == 1.0)
+    assert torch.all(rewards[:-1][ends] != 1.0), "truncated steps must add gamma * V(terminal observation)"
+
+
+def test_predict_rejects_a_foreign_state_and_bad_episode_start():
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    model = _model(env, "lstm", n_steps=16)
+    obs = env.reset()
+    _, state = model.predict(obs)
+    with pytest.raises(ValueError, match="state is for"):
+        model.predict(obs[:1], state=state)
+    with pytest.raises(TypeError, match="TensorDict returned by the previous predict"):
+        model.predict(obs, state=(np.zeros((1, 2, 16)), np.zeros((1, 2, 16))))
+    with pytest.raises(ValueError, match="episode_start"):
+        model.predict(obs, state=state, episode_start=np.zeros(3, bool))

@@ -177,3 +177,18 @@ def test_auto_backend_never_fails_on_the_cpu(monkeypatch):
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1|triton package"):
         resolve_backend("triton", torch.device("cpu"))
+
+
+def test_memory_step_checks_shapes_before_any_backend():
+    channels, grid = 2, (3, 3, 3)
+    weights = ConvWeights(*(torch.zeros(*s) for s in [(4, 3), (4,), (4, 3), (4,), (4, 3), (4,), (8, 4), (8,)]))
+    h = torch.zeros(2, channels, *grid)
+    loc = torch.zeros(2, 1, 3)
+    ok = (h, h.clone(), loc, torch.zeros(2, 1, channels), loc, torch.ones(2, 1), weights)
+    memory_step(*ok)
+    with pytest.raises(ValueError, match="h and c"):
+        memory_step(h, h[:1], *ok[2:])
+    with pytest.raises(ValueError, match="values must be"):
+        memory_step(h, h, loc, torch.zeros(2, 1, 3), loc, torch.ones(2, 1), weights)
+    with pytest.raises(ValueError, match="weights.pointwise"):
+        memory_step(*ok[:-1], weights._replace(pointwise=torch.zeros(8, 3)))

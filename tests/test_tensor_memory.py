@@ -1,5 +1,6 @@
 """The Tensor Memory module: state, resets, gradients, stability, the block wrapper and bad inputs."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,3 +153,15 @@ def test_bad_inputs_raise_clear_errors():
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         TensorMemoryConfig(**{field: value})
+
+
+def test_boolean_chunk_starts_and_numpy_resets():
+    memory = _memory(chunk_size=2)
+    tokens = torch.randn(2, 4, 8)
+    starts = torch.tensor([[False, True], [False, False]])
+    with_grad, _ = memory(tokens, memory.init_state(2), starts)
+    with torch.no_grad():
+        without, _ = memory(tokens, memory.init_state(2), starts)
+    assert torch.allclose(with_grad, without, atol=1e-6)
+    state = memory.reset(memory.init_state(2), np.array([True, False]))
+    assert state.batch_size == torch.Size([2])

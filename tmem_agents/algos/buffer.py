@@ -68,7 +68,8 @@ class RecurrentRolloutBuffer:
             obs = {key: _obs_tensor(sub, leading, self.device) for key, sub in space.spaces.items()}
         else:
             obs = {"obs": _obs_tensor(space, leading, self.device)}
-        action_dtype = torch.float32 if isinstance(self.action_space, spaces.Box) else torch.long
+        discrete = isinstance(self.action_space, (spaces.Discrete, spaces.MultiDiscrete))
+        action_dtype = torch.long if discrete else torch.float32
         self.data = TensorDict(
             {
                 "observations": TensorDict(obs, batch_size=leading),
@@ -139,7 +140,8 @@ class RecurrentRolloutBuffer:
 
     def sequences(self, sequences_per_batch: int, generator: torch.Generator | None = None) -> Iterator[SequenceBatch]:
         """Minibatches of whole chunks in random order."""
-        assert self.full and self.states is not None, "the rollout is not complete"
+        if not self.full or self.states is None:
+            raise RuntimeError(f"the rollout holds {self.pos} of {self.n_steps} steps; fill it before training")
         data = self._chunked()
         states = self.states.reshape(self.n_chunks * self.n_envs)
         order = torch.randperm(self.n_chunks * self.n_envs, generator=generator).to(self.device)

@@ -7,6 +7,7 @@ minibatch, zeroing the state of an env at every step where its episode began.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,13 +46,14 @@ def check_finite(what: str, value: np.ndarray | dict[str, np.ndarray], timestep:
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+    """Mean of ``x`` over the steps where ``mask`` is 1 (padded steps may hold anything, inf included)."""
+    return torch.where(mask > 0, x, 0.0).sum() / mask.sum().clamp_min(1.0)
 
 
 class MemoryPPO(OnPolicyAlgorithm):
     """PPO with a recurrent state (Tensor Memory, LSTM, GRU, frame stack or none) carried between steps.
 
-    Same arguments as SB3's ``PPO``, plus:
+    The arguments of SB3's ``PPO`` (but for gSDE and a custom rollout buffer), plus:
 
     Args:
         bptt_len: steps per stored chunk: the state is stored once per chunk and training backpropagates
@@ -60,6 +62,8 @@ class MemoryPPO(OnPolicyAlgorithm):
             is NaN or infinite.
 
     ``batch_size`` counts steps; a minibatch holds ``batch_size // bptt_len`` whole chunks.
+    ``initial_ratio_error`` is the largest ``|ratio - 1|`` in the first minibatch of the latest ``train()``
+    (it should be 0 up to float error: the replay reproduces the rollout).
     ``predict(obs, state, episode_start, deterministic)`` returns ``(actions, state)``.
     """
 
@@ -106,6 +110,12 @@ class MemoryPPO(OnPolicyAlgorithm):
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
         if batch_size < bptt_len:
             raise ValueError(f"batch_size ({batch_size}) counts steps and must be >= bptt_len ({bptt_len})")
+        if batch_size % bptt_len:
+            warnings.warn(
+                f"batch_size {batch_size} is not a multiple of bptt_len {bptt_len}: minibatches hold "
+                f"{batch_size // bptt_len} chunks ({batch_size // bptt_len * bptt_len} steps)",
+                stacklevel=2,
+            )
         super().__init__(
             policy,
             env,
@@ -183,7 +193,8 @@ class MemoryPPO(OnPolicyAlgorithm):
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RecurrentRolloutBuffer, n_rollout_steps: int
     ) -> bool:
-        assert self._last_obs is not None and self._last_state is not None
+        if self._last_obs is None or self._last_state is None:
+            raise RuntimeError("collect_rollouts needs the env reset and the state initialised: call learn()")
         self.policy.set_training_mode(False)
         rollout_buffer.reset()
         callback.on_rollout_start()
@@ -239,6 +250,7 @@ class MemoryPPO(OnPolicyAlgorithm):
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
         sequences_per_batch = max(1, self.batch_size // self.bptt_len)
         entropy_losses, pg_losses, value_losses, clip_fractions, approx_kls = [], [], [], [], []
+        self.initial_ratio_error = None
         continue_training = True
         loss = torch.zeros(())
         for epoch in range(self.n_epochs):
@@ -255,7 +267,7 @@ class MemoryPPO(OnPolicyAlgorithm):
                 log_ratio = log_prob - batch.old_log_prob
                 ratio = torch.exp(log_ratio)
                 if self.initial_ratio_error is None:
-                    self.initial_ratio_error = float(((ratio.detach() - 1).abs() * mask).max())
+                    self.initial_ratio_error = float(torch.where(mask > 0, (ratio.detach() - 1).abs(), 0.0).max())
                 policy_loss = -masked_mean(
                     torch.min(advantages * ratio, advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)), mask
                 )

@@ -41,7 +41,12 @@ class TensorMemoryConfig:
     check_inputs: bool = True
 
     def __post_init__(self) -> None:
-        self.grid = tuple(self.grid)
+        try:
+            self.grid = tuple(self.grid)
+        except TypeError:
+            raise ValueError(
+                f"TensorMemoryConfig.grid must be three ints (D, H, W), each >= 2; got {self.grid!r}"
+            ) from None
         if len(self.grid) != 3 or not all(_is_int(s) and s >= 2 for s in self.grid):
             raise ValueError(f"TensorMemoryConfig.grid must be three ints (D, H, W), each >= 2; got {self.grid!r}")
         self.grid = tuple(int(s) for s in self.grid)
@@ -72,9 +77,8 @@ def _is_int(value: object) -> bool:
 
 def _require_int(name: str, value: object, minimum: int, hint: str = "") -> None:
     if not _is_int(value) or value < minimum:
-        raise ValueError(
-            f"TensorMemoryConfig.{name} must be an int >= {minimum} {hint}; got {value!r}".replace("  ", " ")
-        )
+        hint = f" {hint}" if hint else ""
+        raise ValueError(f"TensorMemoryConfig.{name} must be an int >= {minimum}{hint}; got {value!r}")
 
 
 def _require_finite(name: str, value: object) -> None:

@@ -12,6 +12,7 @@ from tmem_agents.memory.update import FactorizedGateConv
 from tmem_agents.ops import memory_step, splat_write, trilinear_read
 from tmem_agents.ops.recurrence import recurrence
 from tmem_agents.ops.reference import input_gates
+from tmem_agents.state import reset_state, zero_rows
 
 SIGMA_FLOOR = 1e-4
 
@@ -64,10 +65,7 @@ class TensorMemory(nn.Module):
     @staticmethod
     def reset(state: TensorDict, episode_starts: torch.Tensor) -> TensorDict:
         """Zero the state of the envs flagged in ``episode_starts`` ``(B,)``; the others are untouched."""
-        keep = (~episode_starts.to(torch.bool, copy=False)).to(state["h"].dtype)
-        if keep.shape != tuple(state.batch_size):
-            raise ValueError(f"episode_starts must have shape {tuple(state.batch_size)}, got {tuple(keep.shape)}")
-        return state.apply(lambda t: t * keep.view(-1, *([1] * (t.dim() - 1))))
+        return reset_state(state, episode_starts)
 
     def coordinates(self, x: torch.Tensor) -> torch.Tensor:
         """Shared coordinate head: ``(..., d)`` -> ``(..., 3)`` in ``[-1, 1]``."""
@@ -137,7 +135,7 @@ class TensorMemory(nn.Module):
             backend=cfg.backend,
         )
         from_writes = input_gates(volumes, weights).view(steps, batch, 4 * channels, *cfg.grid)
-        keep = torch.ones(steps, batch, device=h.device) if chunk_starts is None else 1.0 - chunk_starts.T
+        keep = torch.ones(steps, batch, device=h.device) if chunk_starts is None else 1.0 - chunk_starts.T.to(h.dtype)
         read_from, h, c = recurrence(
             from_writes, h, c, keep, weights.pointwise[:, channels:], weights.depthwise(slice(channels, 2 * channels))
         )
@@ -153,7 +151,7 @@ class TensorMemory(nn.Module):
         reads = []
         for step in range(values.shape[1]):
             if chunk_starts is not None:
-                h, c = _zero_rows(h, c, chunk_starts[:, step])
+                h, c = zero_rows(h, chunk_starts[:, step]), zero_rows(c, chunk_starts[:, step])
             window = slice(step, step + 1)
             read, h, c = memory_step(
                 h,
@@ -169,9 +167,3 @@ class TensorMemory(nn.Module):
             )
             reads.append(read)
         return torch.cat(reads, dim=1), h, c
-
-
-def _zero_rows(h: torch.Tensor, c: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero ``h`` and ``c`` of the envs flagged in ``starts`` ``(B,)``."""
-    keep = (1.0 - starts.to(h.dtype)).view(-1, 1, 1, 1, 1)
-    return h * keep, c * keep

@@ -70,6 +70,33 @@ def _check_radius(radius: int | None) -> None:
         raise ValueError(f"radius must be None (dense write) or an int >= 0, got {radius!r}")
 
 
+def _check_step(
+    h: torch.Tensor,
+    c: torch.Tensor,
+    read_locations: torch.Tensor,
+    values: torch.Tensor,
+    write_locations: torch.Tensor,
+    sigma: torch.Tensor,
+    weights: ConvWeights,
+) -> None:
+    if h.dim() != 5 or c.shape != h.shape:
+        raise ValueError(f"h and c must both have shape (B, C, D, H, W), got {tuple(h.shape)} and {tuple(c.shape)}")
+    batch, channels = h.shape[:2]
+    _check_grid(tuple(h.shape[2:]))
+    _check_locations("read_locations", read_locations, batch)
+    _check_locations("write_locations", write_locations, batch)
+    num = write_locations.shape[1]
+    if values.shape != (batch, num, channels) or sigma.shape != (batch, num):
+        raise ValueError(
+            f"values must be (B={batch}, N={num}, C={channels}) and sigma (B, N), "
+            f"got {tuple(values.shape)} and {tuple(sigma.shape)}"
+        )
+    expected = ConvWeights(*([(2 * channels, 3), (2 * channels,)] * 3), (4 * channels, 2 * channels), (4 * channels,))
+    for name, tensor, shape in zip(ConvWeights._fields, weights, expected, strict=True):
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"weights.{name} must have shape {shape} for C={channels}, got {tuple(tensor.shape)}")
+
+
 def splat_write(
     values: torch.Tensor,
     locations: torch.Tensor,
@@ -133,6 +160,10 @@ def memory_step(
     On the Triton backend without gradients this is the fused kernel (one launch per step);
     with gradients it composes the Triton write and read with the PyTorch update.
     """
+    _check_step(h, c, read_locations, values, write_locations, sigma, weights)
+    _check_radius(radius)
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     chosen = resolve_backend(backend, h.device)
     if chosen == "torch":
         return reference.memory_step(

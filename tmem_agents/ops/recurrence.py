@@ -17,6 +17,7 @@ pass over all steps.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from tmem_agents.ops.reference import DepthwiseWeights, depthwise, depthwise_transpose
 
@@ -62,6 +63,7 @@ class _Recurrence(torch.autograd.Function):
         return read_from, h.movedim(-1, 1), c.view(h.shape).movedim(-1, 1)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_read_from, grad_h, grad_c):  # noqa: ANN001
         keep, pointwise, *depthwise_weights = ctx.saved_tensors
         weights = DepthwiseWeights(*depthwise_weights)
