@@ -11,11 +11,11 @@ export MUJOCO_GL="${MUJOCO_GL:-egl}"
 run_dir="runs/$(date +%Y-%m-%d_%H-%M-%S)_default"
 start=$SECONDS
 .venv/bin/tmem-train "hydra.run.dir=$run_dir" "$@"
-.venv/bin/tmem-eval "run_dir=$run_dir" episodes=100 memory_ablation=true memory_video=true
+.venv/bin/tmem-eval "run_dir=$run_dir" episodes=100 checkpoint=best memory_ablation=true memory_video=true
 echo
 echo "done in $((SECONDS - start)) s. Run folder: $root/$run_dir"
 echo "  final evaluation:    $run_dir/summary.json"
-echo "  memory ablation:     $run_dir/eval.json"
+echo "  memory ablation:     $run_dir/eval.json (the best model of the periodic evaluations)"
 echo "  logs (CSV):          $run_dir/logs/progress.csv"
 echo "  TensorBoard:         .venv/bin/tensorboard --logdir $run_dir/logs"
 echo "  models:              $run_dir/model.zip (final), $run_dir/best/model.zip, $run_dir/checkpoints/"
