@@ -127,6 +127,7 @@ def run_recurrent_ppo(task: str, spec: dict, seed: int, out: Path) -> dict:
     from tmem_agents.config_schema import compose
     from tmem_agents.env_factory import make_envs, normalize
     from tmem_agents.evaluation import evaluate
+    from tmem_agents.train import learning_rate
 
     run_dir = out / "runs" / task / REFERENCE / f"s{seed}"
     cfg = compose("train", _overrides(task, spec, "lstm", seed))
@@ -135,7 +136,7 @@ def run_recurrent_ppo(task: str, spec: dict, seed: int, out: Path) -> dict:
     model = RecurrentPPO(
         "MlpLstmPolicy",
         env,
-        learning_rate=algo.learning_rate,
+        learning_rate=learning_rate(algo.learning_rate, algo.lr_schedule),
         n_steps=algo.n_steps,
         batch_size=algo.batch_size,
         n_epochs=algo.n_epochs,
