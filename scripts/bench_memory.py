@@ -48,7 +48,6 @@ def bench(batch: int, side: int, repeats: int) -> dict:
             out, _ = memory(sequence, state)
             out.sum().backward()
 
-        memory.config.chunk_size = TOKENS
         backward = _median_time(forward_backward, max(1, repeats // 4)) / SEQ
     return {
         "batch": batch,

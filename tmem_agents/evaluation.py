@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,9 +36,6 @@ class EvalResult:
         }
         out.update({f"mean_{key}": float(np.mean(values)) for key, values in self.infos.items()})
         return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 INFO_METRICS = ("is_success", "final_distance")
