@@ -1,15 +1,25 @@
 """The hand-written recurrence against autograd through the plain per-step loop, and the module's scan
 against one reference ``memory_step`` per chunk."""
 
+import pytest
 import torch
 
 from tmem_agents.memory import TensorMemory, TensorMemoryConfig
 from tmem_agents.ops import memory_step
+from tmem_agents.ops import recurrence as recurrence_module
 from tmem_agents.ops.recurrence import recurrence
 from tmem_agents.ops.reference import DepthwiseWeights, lstm_update, state_gates
 
 STEPS, BATCH, CHANNELS, GRID = 4, 3, 2, (3, 4, 2)
 KEEP = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 1]], dtype=torch.float64)
+
+
+@pytest.fixture(params=["dense", "shifted"])
+def depthwise_form(request, monkeypatch):
+    """Both forms of the depthwise convs: the per-channel matrix (small grids) and the shifted multiply-adds."""
+    if request.param == "shifted":
+        monkeypatch.setattr(recurrence_module, "DENSE_CELLS", 0)
+    return request.param
 
 
 def _inputs():
@@ -39,7 +49,7 @@ def _fast(from_writes, h, c, pointwise, *weights):
     return recurrence(from_writes, h, c, KEEP, pointwise, DepthwiseWeights(*weights))
 
 
-def test_recurrence_matches_the_plain_loop_forward_and_backward():
+def test_recurrence_matches_the_plain_loop_forward_and_backward(depthwise_form):
     inputs = _inputs()
     for a, b in zip(_plain(*inputs), _fast(*inputs), strict=True):
         assert torch.allclose(a, b, atol=1e-12)
@@ -50,11 +60,11 @@ def test_recurrence_matches_the_plain_loop_forward_and_backward():
         assert torch.allclose(a, b, atol=1e-10)
 
 
-def test_recurrence_gradcheck():
+def test_recurrence_gradcheck(depthwise_form):
     assert torch.autograd.gradcheck(_fast, _inputs(), fast_mode=True)
 
 
-def test_module_scan_equals_one_reference_step_per_chunk():
+def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form):
     torch.manual_seed(1)
     config = TensorMemoryConfig(grid=(3, 4, 5), channels=3, chunk_size=2, write_radius=1)
     memory = TensorMemory(config, 6).double()

@@ -8,10 +8,13 @@ Given each step's write share of the gates (computed for all steps at once, see
     c = sigmoid(f) c + sigmoid(i) tanh(g);  h = sigmoid(o) tanh(c)
 
 Run op by op under autograd this costs one graph node per small op and step, which on the CPU
-dominates training. Here the forward runs without a graph, channels-last (each cell's channels
-contiguous, so the pointwise mix is one matrix product that also adds the write share); the backward
-walks the steps in reverse with the transposed conv, and takes the weights' gradients in one batched
-pass over all steps.
+dominates training. Here the forward runs without a graph, channel-major: the state is ``(C, B*D*H*W)``
+and the gates ``(4C, B*D*H*W)``, so the pointwise mix is one matrix product that also adds the write
+share, and every gate is a contiguous block (elementwise ops on strided slices cost several times more).
+On grids of up to :data:`DENSE_CELLS` cells the depthwise convs run as one per-channel matrix product
+(:func:`~tmem_agents.ops.reference.depthwise_operator`), on larger grids as shifted multiply-adds. The
+backward walks the steps in reverse with the transposed conv, and takes the weights' gradients in one
+batched pass over all steps.
 """
 
 from __future__ import annotations
@@ -19,17 +22,62 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from tmem_agents.ops.reference import DepthwiseWeights, depthwise, depthwise_transpose
+from tmem_agents.ops.reference import DepthwiseWeights, depthwise, depthwise_operator, depthwise_transpose
+
+DENSE_CELLS = 128
+
+Operator = tuple[torch.Tensor, torch.Tensor] | None
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``(..., C, D, H, W)`` -> contiguous ``(..., D, H, W, C)``."""
-    return x.movedim(-4, -1).contiguous()
+def _channel_major(x: torch.Tensor) -> torch.Tensor:
+    """``(..., B, C, D, H, W)`` -> contiguous ``(..., C, B, D, H, W)``."""
+    return x.transpose(-5, -4).contiguous()
 
 
-def _state_gates_cl(h: torch.Tensor, weights: DepthwiseWeights, pointwise: torch.Tensor) -> torch.Tensor:
-    """``P @ depthwise(h)`` channels-last: ``(N, D, H, W, C)`` -> ``(N * D * H * W, 4C)``."""
-    return depthwise(h, weights, channels_last=True).reshape(-1, h.shape[-1]) @ pointwise.t()
+def _operator(weights: DepthwiseWeights, grid: tuple[int, ...]) -> Operator:
+    """The dense form of the depthwise convs on small grids, else ``None`` (shifted multiply-adds)."""
+    return depthwise_operator(weights, grid) if grid[0] * grid[1] * grid[2] <= DENSE_CELLS else None
+
+
+def _mix(h: torch.Tensor, weights: DepthwiseWeights, operator: Operator) -> torch.Tensor:
+    """Depthwise convs of ``h (C, N, D, H, W)`` -> ``(C, N * D * H * W)``."""
+    if operator is None:
+        return depthwise(h, weights, channel_dim=0).view(h.shape[0], -1)
+    matrix, offset = operator
+    return torch.baddbmm(offset, h.view(*h.shape[:2], -1), matrix).view(h.shape[0], -1)
+
+
+def _mix_transpose(
+    grad: torch.Tensor, shape: torch.Size, weights: DepthwiseWeights, matrix_t: torch.Tensor | None
+) -> torch.Tensor:
+    """Transpose of the linear part of :func:`_mix`: ``(C, N * D * H * W)`` -> ``(C, N * D * H * W)``;
+    ``matrix_t`` is the dense operator's matrix transposed (``None`` on large grids)."""
+    if matrix_t is not None:
+        return torch.bmm(grad.view(shape[0], shape[1], -1), matrix_t).view(shape[0], -1)
+    transposed = weights._replace(  # taps reversed, no bias
+        taps_d=weights.taps_d.flip(1),
+        taps_h=weights.taps_h.flip(1),
+        taps_w=weights.taps_w.flip(1),
+        bias_d=torch.zeros_like(weights.bias_d),
+        bias_h=torch.zeros_like(weights.bias_h),
+        bias_w=torch.zeros_like(weights.bias_w),
+    )
+    return depthwise_transpose(grad.view(shape), transposed, channel_dim=0).view(shape[0], -1)
+
+
+def _depthwise_grads(
+    states: torch.Tensor, cotangents: torch.Tensor, weights: DepthwiseWeights, dense: bool
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of the depthwise taps and biases, given the inputs ``states (C, N, D, H, W)`` of all steps and
+    the gradients of their outputs ``cotangents (C, N * D * H * W)``."""
+    with torch.enable_grad():
+        params = DepthwiseWeights(*(t.detach().requires_grad_() for t in weights))
+        if not dense:
+            return torch.autograd.grad(_mix(states, params, None), params, cotangents)
+        cotangents = cotangents.view(*states.shape[:2], -1)
+        grad_matrix = torch.bmm(states.view(*states.shape[:2], -1).transpose(1, 2), cotangents)
+        grad_offset = cotangents.sum(dim=1, keepdim=True)
+        return torch.autograd.grad(depthwise_operator(params, states.shape[2:]), params, (grad_matrix, grad_offset))
 
 
 class _Recurrence(torch.autograd.Function):
@@ -37,81 +85,85 @@ class _Recurrence(torch.autograd.Function):
     def forward(ctx, from_writes, h, c, keep, pointwise, *depthwise_weights):  # noqa: ANN001
         weights = DepthwiseWeights(*depthwise_weights)
         steps, channels = from_writes.shape[0], h.shape[1]
-        writes = _channels_last(from_writes).view(steps, -1, 4 * channels)
-        h, c = _channels_last(h), _channels_last(c).view(-1, channels)
-        weight_t = pointwise.t()
+        writes = _channel_major(from_writes).view(steps, 4 * channels, -1)
+        h, c = _channel_major(h), _channel_major(c).view(channels, -1)
+        operator = _operator(weights, h.shape[2:])
         resets = (keep < 1).any(dim=1).tolist()
-        read_from, cells, activations = [], [], []
+        # per step: sigmoid(i), sigmoid(f), sigmoid(o), tanh(g), tanh(c)
+        activations = h.new_empty(steps, 5 * channels, c.shape[1])
+        read_from, cells, mixed = [], [], []
         for step in range(steps):
             if resets[step]:
-                keep_rows = keep[step].view(-1, 1, 1, 1, 1)
+                keep_rows = keep[step].view(1, -1, 1, 1, 1)
                 h = h * keep_rows
-                c = (c.view(h.shape) * keep_rows).view(-1, channels)
+                c = (c.view(h.shape) * keep_rows).view(channels, -1)
             read_from.append(h)
             cells.append(c)
-            gates = torch.addmm(writes[step], depthwise(h, weights, channels_last=True).view(-1, channels), weight_t)
-            ifo = torch.sigmoid(gates[:, : 3 * channels])
-            g = torch.tanh(gates[:, 3 * channels :])
-            i, f, o = ifo.split(channels, dim=1)
+            mixed.append(_mix(h, weights, operator))
+            gates = torch.addmm(writes[step], pointwise, mixed[-1])
+            i, f, o, g, tanh_c = activations[step].chunk(5)
+            torch.sigmoid(gates[: 3 * channels], out=activations[step, : 3 * channels])
+            torch.tanh(gates[3 * channels :], out=g)
             c = torch.addcmul(f * c, i, g)
-            tanh_c = torch.tanh(c)
+            torch.tanh(c, out=tanh_c)
             h = (o * tanh_c).view(h.shape)
-            activations.append((ifo, g, tanh_c))
         ctx.save_for_backward(keep, pointwise, *depthwise_weights)
-        ctx.read_from, ctx.cells, ctx.activations, ctx.resets = read_from, cells, activations, resets
-        read_from = torch.stack(read_from).movedim(-1, 2)
-        return read_from, h.movedim(-1, 1), c.view(h.shape).movedim(-1, 1)
+        ctx.dense, ctx.resets = operator is not None, resets
+        ctx.matrix_t = None if operator is None else operator[0].transpose(1, 2).contiguous()
+        ctx.read_from, ctx.cells, ctx.mixed, ctx.activations = read_from, cells, mixed, activations
+        return torch.stack(read_from).transpose(1, 2), h.transpose(0, 1), c.view(h.shape).transpose(0, 1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_read_from, grad_h, grad_c):  # noqa: ANN001
         keep, pointwise, *depthwise_weights = ctx.saved_tensors
         weights = DepthwiseWeights(*depthwise_weights)
-        transposed = weights._replace(  # the transpose of the linear part: taps reversed, no bias
-            taps_d=weights.taps_d.flip(1),
-            taps_h=weights.taps_h.flip(1),
-            taps_w=weights.taps_w.flip(1),
-            bias_d=torch.zeros_like(weights.bias_d),
-            bias_h=torch.zeros_like(weights.bias_h),
-            bias_w=torch.zeros_like(weights.bias_w),
-        )
-        shape = ctx.read_from[0].shape  # (B, D, H, W, C)
-        channels = shape[-1]
-        dh = (
-            torch.zeros(shape, dtype=pointwise.dtype, device=pointwise.device)
-            if grad_h is None
-            else (_channels_last(grad_h))
-        )
-        dh = dh.view(-1, channels)
-        dc = torch.zeros_like(dh) if grad_c is None else _channels_last(grad_c).view(-1, channels)
-        from_reads = (
-            None if grad_read_from is None else _channels_last(grad_read_from).view(len(ctx.cells), -1, channels)
-        )
-        grad_gates = []
-        for step in reversed(range(len(ctx.cells))):
-            ifo, g, tanh_c = ctx.activations[step]
-            i, f, o = ifo.split(channels, dim=1)
-            dc = dc + dh * o * (1 - tanh_c * tanh_c)
-            d_ifo = torch.cat([dc * g, dc * ctx.cells[step], dh * tanh_c], dim=1) * ifo * (1 - ifo)
-            d_gates = torch.cat([d_ifo, dc * i * (1 - g * g)], dim=1)
-            grad_gates.append(d_gates)
-            dh = depthwise_transpose((d_gates @ pointwise).view(shape), transposed, channels_last=True)
-            dh = dh.view(-1, channels)
+        shape = ctx.read_from[0].shape  # (C, B, D, H, W)
+        channels, steps = shape[0], len(ctx.cells)
+        dh = torch.zeros(shape, dtype=pointwise.dtype, device=pointwise.device) if grad_h is None else grad_h
+        dh = _channel_major(dh).view(channels, -1)
+        dc = torch.zeros_like(dh) if grad_c is None else _channel_major(grad_c).view(channels, -1)
+        from_reads = None if grad_read_from is None else _channel_major(grad_read_from).view(steps, channels, -1)
+        grad_gates = dh.new_empty(steps, 4 * channels, dh.shape[1])
+        grad_mixed = dh.new_empty(channels, steps, dh.shape[1])
+        slopes = dh.new_empty(5 * channels, dh.shape[1])
+        pointwise_t = pointwise.t()
+        for step in reversed(range(steps)):
+            activations = ctx.activations[step]
+            i, f, o, g, tanh_c = activations.chunk(5)
+            # the activations' slopes: s (1 - s) for the sigmoids, 1 - t^2 for the tanhs
+            torch.mul(activations, activations, out=slopes)
+            torch.sub(activations[: 3 * channels], slopes[: 3 * channels], out=slopes[: 3 * channels])
+            slopes[3 * channels :].neg_().add_(1)
+            dc = torch.addcmul(dc, dh * o, slopes[4 * channels :])
+            d_gates = grad_gates[step]
+            d_i, d_f, d_o, d_g = d_gates.chunk(4)
+            torch.mul(dc, g, out=d_i)
+            torch.mul(dc, ctx.cells[step], out=d_f)
+            torch.mul(dh, tanh_c, out=d_o)
+            torch.mul(dc, i, out=d_g)
+            d_gates.mul_(slopes[: 4 * channels])
+            d_mixed = torch.mm(pointwise_t, d_gates, out=grad_mixed[:, step])
+            dh = _mix_transpose(d_mixed, shape, weights, ctx.matrix_t)
             if from_reads is not None:
                 dh = dh + from_reads[step]
             dc = dc * f
             if ctx.resets[step]:
-                keep_rows = keep[step].view(-1, 1, 1, 1, 1)
-                dh = (dh.view(shape) * keep_rows).view(-1, channels)
-                dc = (dc.view(shape) * keep_rows).view(-1, channels)
-        grad_gates.reverse()
-        grad_gates = torch.stack(grad_gates)
-        with torch.enable_grad():
-            params = [t.detach().requires_grad_() for t in (pointwise, *depthwise_weights)]
-            out = _state_gates_cl(torch.cat(ctx.read_from), DepthwiseWeights(*params[1:]), params[0])
-            param_grads = torch.autograd.grad(out, params, grad_gates.view(-1, 4 * channels))
-        grad_writes = grad_gates.view(grad_gates.shape[0], *shape[:-1], 4 * channels).movedim(-1, 2)
-        return grad_writes, dh.view(shape).movedim(-1, 1), dc.view(shape).movedim(-1, 1), None, *param_grads
+                keep_rows = keep[step].view(1, -1, 1, 1, 1)
+                dh = (dh.view(shape) * keep_rows).view(channels, -1)
+                dc = (dc.view(shape) * keep_rows).view(channels, -1)
+        grad_pointwise = torch.bmm(grad_gates, torch.stack(ctx.mixed).transpose(1, 2)).sum(dim=0)
+        states = torch.stack(ctx.read_from, dim=1).view(channels, steps * shape[1], *shape[2:])
+        grad_depthwise = _depthwise_grads(states, grad_mixed.view(channels, -1), weights, ctx.dense)
+        grad_writes = grad_gates.view(steps, 4 * channels, *shape[1:]).transpose(1, 2)
+        return (
+            grad_writes,
+            dh.view(shape).transpose(0, 1),
+            dc.view(shape).transpose(0, 1),
+            None,
+            grad_pointwise,
+            *grad_depthwise,
+        )
 
 
 def recurrence(

@@ -136,15 +136,16 @@ def trilinear_read(memory: torch.Tensor, queries: torch.Tensor, padding_mode: st
 
 
 def _depthwise_along(
-    x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor, dim: int, channels_last: bool
+    x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor, dim: int, channel_dim: int
 ) -> torch.Tensor:
-    """3-tap depthwise conv with zero padding along spatial ``dim`` of ``(B, C, D, H, W)`` (or ``(B, D, H, W, C)``
-    when ``channels_last``); taps ``(C, 3)``.
+    """3-tap depthwise conv with zero padding along spatial ``dim`` of a 5-D tensor whose last three dims
+    are ``(D, H, W)`` and whose channels lie along ``channel_dim``; taps ``(C, 3)``.
 
     ``y[i] = t0 x[i-1] + t1 x[i] + t2 x[i+1] + b``, as shifted multiply-adds (on the CPU about 10x faster
     than a grouped ``conv3d``).
     """
-    shape = (1, 1, 1, 1, -1) if channels_last else (1, -1, 1, 1, 1)
+    shape = [1] * x.dim()
+    shape[channel_dim] = -1
     size = x.shape[dim]
     y = torch.addcmul(bias.view(shape), taps[:, 1].view(shape), x)
     y.narrow(dim, 1, size - 1).addcmul_(taps[:, 0].view(shape), x.narrow(dim, 0, size - 1))
@@ -152,22 +153,38 @@ def _depthwise_along(
     return y
 
 
-def depthwise(x: torch.Tensor, weights: DepthwiseWeights, channels_last: bool = False) -> torch.Tensor:
-    """The three depthwise convs, along D, then H, then W: ``(B, K, D, H, W)`` -> ``(B, K, D, H, W)``
-    (``(B, D, H, W, K)`` when ``channels_last``)."""
-    first = 1 if channels_last else 2
-    x = _depthwise_along(x, weights.taps_d, weights.bias_d, first, channels_last)
-    x = _depthwise_along(x, weights.taps_h, weights.bias_h, first + 1, channels_last)
-    return _depthwise_along(x, weights.taps_w, weights.bias_w, first + 2, channels_last)
+def depthwise(x: torch.Tensor, weights: DepthwiseWeights, channel_dim: int = 1) -> torch.Tensor:
+    """The three depthwise convs, along D, then H, then W, of ``(B, K, D, H, W)`` (or ``(K, B, D, H, W)``
+    with ``channel_dim=0``); the shape is kept."""
+    x = _depthwise_along(x, weights.taps_d, weights.bias_d, -3, channel_dim)
+    x = _depthwise_along(x, weights.taps_h, weights.bias_h, -2, channel_dim)
+    return _depthwise_along(x, weights.taps_w, weights.bias_w, -1, channel_dim)
 
 
-def depthwise_transpose(grad: torch.Tensor, transposed: DepthwiseWeights, channels_last: bool = False) -> torch.Tensor:
+def depthwise_transpose(grad: torch.Tensor, transposed: DepthwiseWeights, channel_dim: int = 1) -> torch.Tensor:
     """Transpose of the linear part of :func:`depthwise`, for hand-written backward passes: the axes in
     reverse order (W, H, D), with ``transposed`` holding the reversed taps (``taps.flip(1)``) and zero biases."""
-    first = 1 if channels_last else 2
-    grad = _depthwise_along(grad, transposed.taps_w, transposed.bias_w, first + 2, channels_last)
-    grad = _depthwise_along(grad, transposed.taps_h, transposed.bias_h, first + 1, channels_last)
-    return _depthwise_along(grad, transposed.taps_d, transposed.bias_d, first, channels_last)
+    grad = _depthwise_along(grad, transposed.taps_w, transposed.bias_w, -1, channel_dim)
+    grad = _depthwise_along(grad, transposed.taps_h, transposed.bias_h, -2, channel_dim)
+    return _depthwise_along(grad, transposed.taps_d, transposed.bias_d, -3, channel_dim)
+
+
+def depthwise_operator(weights: DepthwiseWeights, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`depthwise` as one affine map per channel of the flattened grid (``S = D H W`` cells).
+
+    Returns ``matrix (K, S, S)`` and ``offset (K, 1, S)`` with ``depthwise(x).view(K, B, S) = x.view(K, B, S) @ matrix
+    + offset`` for ``x (K, B, D, H, W)``. Built by running the convs on the zero volume and the ``S`` unit volumes,
+    so it is differentiable in the weights. One batched product replaces nine small shifted ops: for small grids
+    (``S`` up to about 128 on the CPU) it is several times faster when applied at many steps.
+    """
+    cells = grid[0] * grid[1] * grid[2]
+    channels = weights.taps_d.shape[0]
+    eye = torch.eye(cells, device=weights.taps_d.device, dtype=weights.taps_d.dtype)
+    basis = torch.cat([torch.zeros_like(eye[:1]), eye])
+    mapped = depthwise(basis.view(1, cells + 1, *grid).expand(channels, -1, -1, -1, -1), weights, channel_dim=0)
+    mapped = mapped.reshape(channels, cells + 1, cells)
+    offset = mapped[:, :1]
+    return mapped[:, 1:] - offset, offset
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
