@@ -1,14 +1,14 @@
-"""The hand-written recurrence against autograd through the plain per-step loop, and the module's scan
-against one reference ``memory_step`` per chunk."""
+"""The hand-written recurrence against autograd through the plain per-step loop, the channel-major write
+share against the reference, and the module's scan against one reference ``memory_step`` per chunk."""
 
 import pytest
 import torch
 
-from tmem_agents.memory import TensorMemory, TensorMemoryConfig
+from tmem_agents.memory import FactorizedGateConv, TensorMemory, TensorMemoryConfig
 from tmem_agents.ops import memory_step
 from tmem_agents.ops import recurrence as recurrence_module
-from tmem_agents.ops.recurrence import recurrence
-from tmem_agents.ops.reference import DepthwiseWeights, lstm_update, state_gates
+from tmem_agents.ops.recurrence import recurrence, write_gates
+from tmem_agents.ops.reference import DepthwiseWeights, input_gates, lstm_update, state_gates
 
 STEPS, BATCH, CHANNELS, GRID = 4, 3, 2, (3, 4, 2)
 KEEP = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 1]], dtype=torch.float64)
@@ -96,3 +96,20 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form):
     expected = memory.out_proj(torch.cat(reads, 1)).repeat_interleave(2, dim=1)
     assert torch.allclose(out, expected, atol=1e-10)
     assert torch.allclose(new_state["h"], h, atol=1e-10) and torch.allclose(new_state["c"], c, atol=1e-10)
+
+
+def test_write_gates_equal_the_reference_input_gates(depthwise_form):
+    torch.manual_seed(2)
+    update = FactorizedGateConv(CHANNELS, forget_bias=1.0).double()
+    with torch.no_grad():
+        for param in update.parameters():
+            param.add_(torch.randn_like(param))
+    volumes = torch.randn(5, CHANNELS, *GRID, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(5, 4 * CHANNELS, *GRID, dtype=torch.float64)
+    params = [volumes, *update.parameters()]
+    fast, reference = write_gates(volumes, update.weights()), input_gates(volumes, update.weights())
+    assert torch.allclose(fast, reference, atol=1e-12)
+    for a, b in zip(
+        torch.autograd.grad(fast, params, cotangent), torch.autograd.grad(reference, params, cotangent), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-10)

@@ -10,8 +10,7 @@ from torch import nn
 from tmem_agents.memory.config import TensorMemoryConfig
 from tmem_agents.memory.update import FactorizedGateConv
 from tmem_agents.ops import memory_step, splat_write, trilinear_read
-from tmem_agents.ops.recurrence import recurrence
-from tmem_agents.ops.reference import input_gates
+from tmem_agents.ops.recurrence import recurrence, write_gates
 from tmem_agents.state import reset_state, zero_rows
 
 SIGMA_FLOOR = 1e-4
@@ -134,7 +133,7 @@ class TensorMemory(nn.Module):
             radius=cfg.write_radius,
             backend=cfg.backend,
         )
-        from_writes = input_gates(volumes, weights).view(steps, batch, 4 * channels, *cfg.grid)
+        from_writes = write_gates(volumes, weights).view(steps, batch, 4 * channels, *cfg.grid)
         keep = torch.ones(steps, batch, device=h.device) if chunk_starts is None else 1.0 - chunk_starts.T.to(h.dtype)
         read_from, h, c = recurrence(
             from_writes, h, c, keep, weights.pointwise[:, channels:], weights.depthwise(slice(channels, 2 * channels))

@@ -1,7 +1,7 @@
 """The ``(h, c)`` recurrence of a memory sequence, with a hand-written backward pass.
 
-Given each step's write share of the gates (computed for all steps at once, see
-:func:`~tmem_agents.ops.reference.input_gates`), the recurrence is, for steps ``k = 0 .. K-1``::
+Given each step's write share of the gates (computed for all steps at once by :func:`write_gates`),
+the recurrence is, for steps ``k = 0 .. K-1``::
 
     h, c = keep_k * h, keep_k * c                        # episode starts zero the state
     a = from_writes_k + P_h @ depthwise_h(h)             # the conv of concat(V, h), split
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from tmem_agents.ops.reference import DepthwiseWeights, depthwise, depthwise_operator, depthwise_transpose
+from tmem_agents.ops.reference import ConvWeights, DepthwiseWeights, depthwise, depthwise_operator, depthwise_transpose
 
 DENSE_CELLS = 128
 
@@ -80,12 +80,22 @@ def _depthwise_grads(
         return torch.autograd.grad(depthwise_operator(params, states.shape[2:]), params, (grad_matrix, grad_offset))
 
 
+def write_gates(volumes: torch.Tensor, weights: ConvWeights) -> torch.Tensor:
+    """:func:`~tmem_agents.ops.reference.input_gates` computed channel-major: ``(N, C, D, H, W)`` ->
+    ``(N, 4C, D, H, W)``, a view of a contiguous ``(4C, N, D, H, W)`` that :func:`recurrence` reads without a copy."""
+    channels, grid = volumes.shape[1], volumes.shape[2:]
+    conv = weights.depthwise(slice(0, channels))
+    mixed = _mix(_channel_major(volumes), conv, _operator(conv, grid))
+    gates = torch.addmm(weights.pointwise_bias.unsqueeze(1), weights.pointwise[:, :channels], mixed)
+    return gates.view(4 * channels, volumes.shape[0], *grid).transpose(0, 1)
+
+
 class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, from_writes, h, c, keep, pointwise, *depthwise_weights):  # noqa: ANN001
         weights = DepthwiseWeights(*depthwise_weights)
         steps, channels = from_writes.shape[0], h.shape[1]
-        writes = _channel_major(from_writes).view(steps, 4 * channels, -1)
+        writes = from_writes.permute(2, 0, 1, 3, 4, 5).reshape(4 * channels, steps, -1)  # free after write_gates
         h, c = _channel_major(h), _channel_major(c).view(channels, -1)
         operator = _operator(weights, h.shape[2:])
         resets = (keep < 1).any(dim=1).tolist()
@@ -100,7 +110,7 @@ class _Recurrence(torch.autograd.Function):
             read_from.append(h)
             cells.append(c)
             mixed.append(_mix(h, weights, operator))
-            gates = torch.addmm(writes[step], pointwise, mixed[-1])
+            gates = torch.addmm(writes[:, step], pointwise, mixed[-1])
             i, f, o, g, tanh_c = activations[step].chunk(5)
             torch.sigmoid(gates[: 3 * channels], out=activations[step, : 3 * channels])
             torch.tanh(gates[3 * channels :], out=g)
@@ -124,7 +134,7 @@ class _Recurrence(torch.autograd.Function):
         dh = _channel_major(dh).view(channels, -1)
         dc = torch.zeros_like(dh) if grad_c is None else _channel_major(grad_c).view(channels, -1)
         from_reads = None if grad_read_from is None else _channel_major(grad_read_from).view(steps, channels, -1)
-        grad_gates = dh.new_empty(steps, 4 * channels, dh.shape[1])
+        grad_gates = dh.new_empty(4 * channels, steps, dh.shape[1])
         grad_mixed = dh.new_empty(channels, steps, dh.shape[1])
         slopes = dh.new_empty(5 * channels, dh.shape[1])
         pointwise_t = pointwise.t()
@@ -136,7 +146,7 @@ class _Recurrence(torch.autograd.Function):
             torch.sub(activations[: 3 * channels], slopes[: 3 * channels], out=slopes[: 3 * channels])
             slopes[3 * channels :].neg_().add_(1)
             dc = torch.addcmul(dc, dh * o, slopes[4 * channels :])
-            d_gates = grad_gates[step]
+            d_gates = grad_gates[:, step]
             d_i, d_f, d_o, d_g = d_gates.chunk(4)
             torch.mul(dc, g, out=d_i)
             torch.mul(dc, ctx.cells[step], out=d_f)
@@ -152,10 +162,10 @@ class _Recurrence(torch.autograd.Function):
                 keep_rows = keep[step].view(1, -1, 1, 1, 1)
                 dh = (dh.view(shape) * keep_rows).view(channels, -1)
                 dc = (dc.view(shape) * keep_rows).view(channels, -1)
-        grad_pointwise = torch.bmm(grad_gates, torch.stack(ctx.mixed).transpose(1, 2)).sum(dim=0)
+        grad_pointwise = grad_gates.view(4 * channels, -1) @ torch.stack(ctx.mixed, dim=1).view(channels, -1).t()
         states = torch.stack(ctx.read_from, dim=1).view(channels, steps * shape[1], *shape[2:])
         grad_depthwise = _depthwise_grads(states, grad_mixed.view(channels, -1), weights, ctx.dense)
-        grad_writes = grad_gates.view(steps, 4 * channels, *shape[1:]).transpose(1, 2)
+        grad_writes = grad_gates.view(4 * channels, steps, *shape[1:]).permute(1, 2, 0, 3, 4, 5)
         return (
             grad_writes,
             dh.view(shape).transpose(0, 1),
@@ -176,7 +186,7 @@ def recurrence(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``K`` steps of the state recurrence.
 
-    from_writes ``(K, B, 4C, D, H, W)``; h, c ``(B, C, D, H, W)``; keep ``(K, B)`` (0 zeroes the state before
+    from_writes ``(K, B, 4C, D, H, W)`` (from :func:`write_gates`); h, c ``(B, C, D, H, W)``; keep ``(K, B)`` (0 zeroes the state before
     that step); pointwise ``(4C, C)``; weights: the state channels' depthwise taps and biases.
     Returns ``(read_from (K, B, C, D, H, W), h, c)``: the state each step reads, and the final state.
     """
