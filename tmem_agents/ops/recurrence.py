@@ -186,8 +186,9 @@ def recurrence(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``K`` steps of the state recurrence.
 
-    from_writes ``(K, B, 4C, D, H, W)`` (from :func:`write_gates`); h, c ``(B, C, D, H, W)``; keep ``(K, B)`` (0 zeroes the state before
-    that step); pointwise ``(4C, C)``; weights: the state channels' depthwise taps and biases.
+    from_writes ``(K, B, 4C, D, H, W)`` (from :func:`write_gates`); h, c ``(B, C, D, H, W)``; keep ``(K, B)``
+    (0 zeroes the state before that step); pointwise ``(4C, C)``; weights: the state channels' depthwise taps and
+    biases.
     Returns ``(read_from (K, B, C, D, H, W), h, c)``: the state each step reads, and the final state.
     """
     return _Recurrence.apply(from_writes, h, c, keep.to(h.dtype), pointwise, *weights)
