@@ -6,6 +6,7 @@ from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy
 from tmem_agents.policies.rnn import GRUExtractor, LSTMExtractor
 from tmem_agents.policies.stateless import StatelessExtractor
 from tmem_agents.policies.tensor_memory_extractor import TensorMemoryExtractor
+from tmem_agents.policies.windowed import WindowedTensorMemoryExtractor
 
 EXTRACTORS = {
     "tensor_memory": TensorMemoryExtractor,
@@ -24,4 +25,5 @@ __all__ = [
     "RecurrentFeaturesExtractor",
     "StatelessExtractor",
     "TensorMemoryExtractor",
+    "WindowedTensorMemoryExtractor",
 ]
