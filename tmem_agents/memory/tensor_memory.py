@@ -10,7 +10,7 @@ from torch import nn
 from tmem_agents.memory.config import TensorMemoryConfig
 from tmem_agents.memory.update import FactorizedGateConv
 from tmem_agents.ops import memory_step, splat_write, trilinear_read
-from tmem_agents.ops.recurrence import recurrence, write_gates
+from tmem_agents.ops.recurrence import dense_operator, recurrence, write_gates
 from tmem_agents.state import reset_state, zero_rows
 
 SIGMA_FLOOR = 1e-4
@@ -133,10 +133,22 @@ class TensorMemory(nn.Module):
             radius=cfg.write_radius,
             backend=cfg.backend,
         )
-        from_writes = write_gates(volumes, weights).view(steps, batch, 4 * channels, *cfg.grid)
+        # the depthwise convs of the written channels and of the state's, as matrices on small grids
+        operator = dense_operator(weights.depthwise(slice(None)), cfg.grid)
+        on_writes = on_state = None
+        if operator is not None:
+            matrix, offset = operator
+            on_writes, on_state = (matrix[:channels], offset[:channels]), (matrix[channels:], offset[channels:])
+        from_writes = write_gates(volumes, weights, on_writes)
         keep = torch.ones(steps, batch, device=h.device) if chunk_starts is None else 1.0 - chunk_starts.T.to(h.dtype)
         read_from, h, c = recurrence(
-            from_writes, h, c, keep, weights.pointwise[:, channels:], weights.depthwise(slice(channels, 2 * channels))
+            from_writes.view(steps, batch, 4 * channels, *cfg.grid),
+            h,
+            c,
+            keep,
+            weights.pointwise[:, channels:],
+            weights.depthwise(slice(channels, 2 * channels)),
+            on_state,
         )
         reads = trilinear_read(
             read_from.flatten(0, 1), time_major[2], padding_mode=cfg.padding_mode, backend=cfg.backend

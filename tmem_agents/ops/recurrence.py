@@ -34,8 +34,9 @@ def _channel_major(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-5, -4).contiguous()
 
 
-def _operator(weights: DepthwiseWeights, grid: tuple[int, ...]) -> Operator:
-    """The dense form of the depthwise convs on small grids, else ``None`` (shifted multiply-adds)."""
+def dense_operator(weights: DepthwiseWeights, grid: tuple[int, ...]) -> Operator:
+    """The depthwise convs as per-channel matrices on grids of up to :data:`DENSE_CELLS` cells
+    (:func:`~tmem_agents.ops.reference.depthwise_operator`), else ``None``: shifted multiply-adds."""
     return depthwise_operator(weights, grid) if grid[0] * grid[1] * grid[2] <= DENSE_CELLS else None
 
 
@@ -67,37 +68,37 @@ def _mix_transpose(
 
 def _depthwise_grads(
     states: torch.Tensor, cotangents: torch.Tensor, weights: DepthwiseWeights, dense: bool
-) -> tuple[torch.Tensor, ...]:
-    """Gradients of the depthwise taps and biases, given the inputs ``states (C, N, D, H, W)`` of all steps and
-    the gradients of their outputs ``cotangents (C, N * D * H * W)``."""
-    with torch.enable_grad():
-        params = DepthwiseWeights(*(t.detach().requires_grad_() for t in weights))
-        if not dense:
-            return torch.autograd.grad(_mix(states, params, None), params, cotangents)
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of the depthwise convs' parameters, given the inputs ``states (C, N, D, H, W)`` of all steps and
+    the gradients of their outputs ``cotangents (C, N * D * H * W)``: of the dense operator's matrix and offset,
+    or of the taps and biases (the other two or six are ``None``)."""
+    if dense:
         cotangents = cotangents.view(*states.shape[:2], -1)
         grad_matrix = torch.bmm(states.view(*states.shape[:2], -1).transpose(1, 2), cotangents)
-        grad_offset = cotangents.sum(dim=1, keepdim=True)
-        return torch.autograd.grad(depthwise_operator(params, states.shape[2:]), params, (grad_matrix, grad_offset))
+        return (grad_matrix, cotangents.sum(dim=1, keepdim=True), *[None] * len(weights))
+    with torch.enable_grad():
+        params = DepthwiseWeights(*(t.detach().requires_grad_() for t in weights))
+        return (None, None, *torch.autograd.grad(_mix(states, params, None), params, cotangents))
 
 
-def write_gates(volumes: torch.Tensor, weights: ConvWeights) -> torch.Tensor:
+def write_gates(volumes: torch.Tensor, weights: ConvWeights, operator: Operator) -> torch.Tensor:
     """:func:`~tmem_agents.ops.reference.input_gates` computed channel-major: ``(N, C, D, H, W)`` ->
-    ``(N, 4C, D, H, W)``, a view of a contiguous ``(4C, N, D, H, W)`` that :func:`recurrence` reads without a copy."""
-    channels, grid = volumes.shape[1], volumes.shape[2:]
-    conv = weights.depthwise(slice(0, channels))
-    mixed = _mix(_channel_major(volumes), conv, _operator(conv, grid))
+    ``(N, 4C, D, H, W)``, a view of a contiguous ``(4C, N, D, H, W)`` that :func:`recurrence` reads without a copy.
+    ``operator``: the written channels' :func:`dense_operator`."""
+    channels = volumes.shape[1]
+    mixed = _mix(_channel_major(volumes), weights.depthwise(slice(0, channels)), operator)
     gates = torch.addmm(weights.pointwise_bias.unsqueeze(1), weights.pointwise[:, :channels], mixed)
-    return gates.view(4 * channels, volumes.shape[0], *grid).transpose(0, 1)
+    return gates.view(4 * channels, *volumes.shape[:1], *volumes.shape[2:]).transpose(0, 1)
 
 
 class _Recurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, from_writes, h, c, keep, pointwise, *depthwise_weights):  # noqa: ANN001
+    def forward(ctx, from_writes, h, c, keep, pointwise, matrix, offset, *depthwise_weights):  # noqa: ANN001
         weights = DepthwiseWeights(*depthwise_weights)
+        operator = None if matrix is None else (matrix, offset)
         steps, channels = from_writes.shape[0], h.shape[1]
         writes = from_writes.permute(2, 0, 1, 3, 4, 5).reshape(4 * channels, steps, -1)  # free after write_gates
         h, c = _channel_major(h), _channel_major(c).view(channels, -1)
-        operator = _operator(weights, h.shape[2:])
         resets = (keep < 1).any(dim=1).tolist()
         # per step: sigmoid(i), sigmoid(f), sigmoid(o), tanh(g), tanh(c)
         activations = h.new_empty(steps, 5 * channels, c.shape[1])
@@ -183,12 +184,14 @@ def recurrence(
     keep: torch.Tensor,
     pointwise: torch.Tensor,
     weights: DepthwiseWeights,
+    operator: Operator,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``K`` steps of the state recurrence.
 
     from_writes ``(K, B, 4C, D, H, W)`` (from :func:`write_gates`); h, c ``(B, C, D, H, W)``; keep ``(K, B)``
     (0 zeroes the state before that step); pointwise ``(4C, C)``; weights: the state channels' depthwise taps and
-    biases.
+    biases; operator: their :func:`dense_operator`.
     Returns ``(read_from (K, B, C, D, H, W), h, c)``: the state each step reads, and the final state.
     """
-    return _Recurrence.apply(from_writes, h, c, keep.to(h.dtype), pointwise, *weights)
+    matrix, offset = (None, None) if operator is None else operator
+    return _Recurrence.apply(from_writes, h, c, keep.to(h.dtype), pointwise, matrix, offset, *weights)
