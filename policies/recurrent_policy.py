@@ -40,6 +40,10 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
                 f"features_extractor_class must be a RecurrentFeaturesExtractor subclass (e.g. TensorMemoryExtractor, "
                 f"LSTMExtractor, StatelessExtractor), got {features_extractor_class!r}"
             )
+        adam = kwargs.get("optimizer_class", torch.optim.Adam) is torch.optim.Adam
+        if adam and kwargs.get("optimizer_kwargs") is None:
+            # SB3's Adam settings, with the fused update: one kernel for all parameters instead of ~10 ops each
+            kwargs["optimizer_kwargs"] = {"eps": 1e-5, "fused": True}
         super().__init__(
             observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
         )
@@ -146,7 +150,8 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         Returns ``(actions, state)``; pass both back in on the next call with ``episode_start`` set to the
         previous step's ``done`` flags, as SB3's ``evaluate_policy`` does.
         """
-        self.set_training_mode(False)
+        if self.training:
+            self.set_training_mode(False)
         obs, vectorized = self.obs_to_tensor(observation)
         n_envs = obs_batch_size(obs)
         if state is None:

@@ -228,3 +228,11 @@ def test_predict_rejects_a_foreign_state_and_bad_episode_start():
         model.predict(obs, state=(np.zeros((1, 2, 16)), np.zeros((1, 2, 16))))
     with pytest.raises(ValueError, match="episode_start"):
         model.predict(obs, state=state, episode_start=np.zeros(3, bool))
+
+
+def test_default_optimizer_is_sb3_adam_with_the_fused_update_and_kwargs_override_it():
+    env = make_vec_env(ToyEnv, n_envs=2, seed=0)
+    group = _model(env).policy.optimizer.param_groups[0]
+    assert group["eps"] == 1e-5 and group["fused"]
+    custom = _model(env, policy_kwargs={"optimizer_kwargs": {"eps": 1e-8}}).policy.optimizer.param_groups[0]
+    assert custom["eps"] == 1e-8 and not custom["fused"]
