@@ -135,8 +135,8 @@ class _Recurrence(torch.autograd.Function):
         dh = _channel_major(dh).view(channels, -1)
         dc = torch.zeros_like(dh) if grad_c is None else _channel_major(grad_c).view(channels, -1)
         from_reads = None if grad_read_from is None else _channel_major(grad_read_from).view(steps, channels, -1)
-        grad_gates = dh.new_empty(4 * channels, steps, dh.shape[1])
-        grad_mixed = dh.new_empty(channels, steps, dh.shape[1])
+        grad_gates = []
+        grad_mixed = []
         slopes = dh.new_empty(5 * channels, dh.shape[1])
         pointwise_t = pointwise.t()
         for step in reversed(range(steps)):
@@ -147,14 +147,16 @@ class _Recurrence(torch.autograd.Function):
             torch.sub(activations[: 3 * channels], slopes[: 3 * channels], out=slopes[: 3 * channels])
             slopes[3 * channels :].neg_().add_(1)
             dc = torch.addcmul(dc, dh * o, slopes[4 * channels :])
-            d_gates = grad_gates[:, step]
+            d_gates = dh.new_empty(4 * channels, dh.shape[1])
             d_i, d_f, d_o, d_g = d_gates.chunk(4)
             torch.mul(dc, g, out=d_i)
             torch.mul(dc, ctx.cells[step], out=d_f)
             torch.mul(dh, tanh_c, out=d_o)
             torch.mul(dc, i, out=d_g)
             d_gates.mul_(slopes[: 4 * channels])
-            d_mixed = torch.mm(pointwise_t, d_gates, out=grad_mixed[:, step])
+            grad_gates.append(d_gates)
+            d_mixed = torch.mm(pointwise_t, d_gates)
+            grad_mixed.append(d_mixed)
             dh = _mix_transpose(d_mixed, shape, weights, ctx.matrix_t)
             if from_reads is not None:
                 dh = dh + from_reads[step]
@@ -163,9 +165,12 @@ class _Recurrence(torch.autograd.Function):
                 keep_rows = keep[step].view(1, -1, 1, 1, 1)
                 dh = (dh.view(shape) * keep_rows).view(channels, -1)
                 dc = (dc.view(shape) * keep_rows).view(channels, -1)
+        grad_gates.reverse()
+        grad_gates = torch.stack(grad_gates, dim=1)
         grad_pointwise = grad_gates.view(4 * channels, -1) @ torch.stack(ctx.mixed, dim=1).view(channels, -1).t()
         states = torch.stack(ctx.read_from, dim=1).view(channels, steps * shape[1], *shape[2:])
-        grad_depthwise = _depthwise_grads(states, grad_mixed.view(channels, -1), weights, ctx.dense)
+        grad_mixed.reverse()
+        grad_depthwise = _depthwise_grads(states, torch.stack(grad_mixed, dim=1).view(channels, -1), weights, ctx.dense)
         grad_writes = grad_gates.view(4 * channels, steps, *shape[1:]).permute(1, 2, 0, 3, 4, 5)
         return (
             grad_writes,
