@@ -37,6 +37,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     },
     "full": {
         "cue_recall": {"algo": "ppo_recall", "timesteps": 100_000},
+        "cue_recall_long": {"algo": "ppo_recall_long", "timesteps": 150_000},
         "spatial_recall": {"algo": "ppo_recall", "timesteps": 100_000},
         "cartpole_occluded": {"algo": "ppo", "timesteps": 200_000},
         "memory_reacher_hold": {"algo": "ppo_mujoco", "timesteps": 300_000},

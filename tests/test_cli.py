@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from tmem_agents import configs
+from tmem_agents.config_schema import compose
+from tmem_agents.env_factory import make_envs
 from tmem_agents.evaluate import main as eval_main
 from tmem_agents.run_folder import RunFolder, atomic_write
 from tmem_agents.train import main as train_main
@@ -217,3 +220,13 @@ def test_console_scripts_exit_non_zero(tmp_path: Path) -> None:
         )
         assert result.returncode != 0 and result.stderr.strip()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("group", ["env", "algo", "model"])
+def test_every_shipped_config_composes_and_every_task_builds(group: str) -> None:
+    names = sorted(path.stem for path in (Path(configs.__file__).parent / group).glob("*.yaml"))
+    assert names
+    for name in names:
+        cfg = compose("train", [f"{group}={name}"])
+        if group == "env" and name != "gym":
+            make_envs(cfg.env, 1, seed=0).close()
