@@ -1,10 +1,12 @@
 """Time one Tensor Memory step on the CPU and check long-run stability of the state.
 
     python scripts/bench_memory.py                 # timing table (markdown) + state bytes per env
+    python scripts/bench_memory.py --sides 4 8 --batches 1 64
     python scripts/bench_memory.py --stability 100000
 
 Timing: one memory step (16 tokens in one chunk, C=16) without gradients, and forward+backward
-through a 32-step sequence, for B in {1, 64, 1024} and grids 8^3 and 16^3, one torch thread.
+through a 32-step sequence, for B in {1, 64, 1024} and grids 4^3, 8^3 and 16^3, one torch thread.
+Grids of up to 128 cells run the depthwise convs of training as dense per-channel matrices.
 Stability: random tokens for many steps under no_grad; prints the largest |h| and |c| seen.
 """
 
@@ -81,6 +83,8 @@ def stability(steps: int, batch: int = 8) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--sides", nargs="+", type=int, default=[4, 8, 16], help="grid sides (grid = side^3)")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 64, 1024])
     parser.add_argument("--stability", type=int, default=0, help="run this many no-grad steps instead of timing")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -90,8 +94,8 @@ def main() -> None:
     print(f"N={TOKENS} tokens (one chunk), C={CHANNELS}, d={DIM}, one thread, {torch.__version__}\n")
     print("| B | grid | step, no grad (ms) | fwd+bwd per step, 32-step seq (ms) | state bytes / env |")
     print("|---|---|---|---|---|")
-    for side in (8, 16):
-        for batch in (1, 64, 1024):
+    for side in args.sides:
+        for batch in args.batches:
             row = bench(batch, side, args.repeats if batch < 1024 else 2)
             fb = (
                 "skipped (> 6 GiB of activations)"
