@@ -59,9 +59,21 @@ class RNNExtractor(RecurrentFeaturesExtractor):
 
 
 class LSTMExtractor(RNNExtractor):
-    """LSTM baseline (state ``h``, ``c``)."""
+    """LSTM baseline (state ``h``, ``c``).
+
+    Args:
+        forget_bias: initial bias of the forget gate (the sum of the cell's two biases), e.g. 1 to 3 for
+            long delays; ``None`` keeps PyTorch's initialisation.
+    """
 
     cell_type = "lstm"
+
+    def __init__(self, observation_space: gym.Space, features_dim: int = 64, forget_bias: float | None = None) -> None:
+        super().__init__(observation_space, features_dim)
+        if forget_bias is not None:
+            with torch.no_grad():
+                for bias in (self.rnn.bias_ih_l0, self.rnn.bias_hh_l0):
+                    bias[features_dim : 2 * features_dim] = forget_bias / 2
 
 
 class GRUExtractor(RNNExtractor):

@@ -80,3 +80,17 @@ def test_unsupported_spaces_and_options_raise_clear_errors():
         TensorMemoryExtractor(VECTOR, memory={"chunk_size": 4})
     with pytest.raises(ValueError, match="channels"):
         TensorMemoryExtractor(VECTOR, memory={"channels": 0})
+
+
+def test_lstm_forget_bias_sets_the_forget_gate_and_none_keeps_torch_init():
+    space = spaces.Box(-1, 1, (3,), np.float32)
+    torch.manual_seed(0)
+    default = EXTRACTORS["lstm"](space, features_dim=8)
+    torch.manual_seed(0)
+    biased = EXTRACTORS["lstm"](space, features_dim=8, forget_bias=2.0)
+    total = biased.rnn.bias_ih_l0 + biased.rnn.bias_hh_l0
+    assert torch.allclose(total[8:16], torch.full((8,), 2.0))
+    for name in ("bias_ih_l0", "bias_hh_l0"):
+        mask = torch.ones(32, dtype=torch.bool)
+        mask[8:16] = False
+        assert torch.equal(getattr(biased.rnn, name)[mask], getattr(default.rnn, name)[mask])

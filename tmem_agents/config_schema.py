@@ -100,6 +100,12 @@ class TensorMemoryModelConfig(ModelConfig):
 
 
 @dataclass
+class LSTMModelConfig(ModelConfig):
+    name: str = "lstm"
+    forget_bias: float | None = None
+
+
+@dataclass
 class FrameStackModelConfig(ModelConfig):
     name: str = "frame_stack"
     n_frames: int = 4
@@ -153,7 +159,7 @@ class EvalConfig:
 
 MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
     "tensor_memory": TensorMemoryModelConfig,
-    "lstm": ModelConfig,
+    "lstm": LSTMModelConfig,
     "gru": ModelConfig,
     "mlp": ModelConfig,
     "frame_stack": FrameStackModelConfig,
