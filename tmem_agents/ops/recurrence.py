@@ -48,14 +48,12 @@ def _mix(h: torch.Tensor, weights: DepthwiseWeights, operator: Operator) -> torc
     return torch.baddbmm(offset, h.view(*h.shape[:2], -1), matrix).view(h.shape[0], -1)
 
 
-def _mix_transpose(
-    grad: torch.Tensor, shape: torch.Size, weights: DepthwiseWeights, matrix_t: torch.Tensor | None
-) -> torch.Tensor:
-    """Transpose of the linear part of :func:`_mix`: ``(C, N * D * H * W)`` -> ``(C, N * D * H * W)``;
-    ``matrix_t`` is the dense operator's matrix transposed (``None`` on large grids)."""
+def _transposed(weights: DepthwiseWeights, matrix_t: torch.Tensor | None) -> torch.Tensor | DepthwiseWeights:
+    """What :func:`_mix_transpose` applies: the dense operator's matrix transposed, or on large grids the taps
+    reversed with zero biases (the transposed conv)."""
     if matrix_t is not None:
-        return torch.bmm(grad.view(shape[0], shape[1], -1), matrix_t).view(shape[0], -1)
-    transposed = weights._replace(  # taps reversed, no bias
+        return matrix_t
+    return weights._replace(
         taps_d=weights.taps_d.flip(1),
         taps_h=weights.taps_h.flip(1),
         taps_w=weights.taps_w.flip(1),
@@ -63,6 +61,13 @@ def _mix_transpose(
         bias_h=torch.zeros_like(weights.bias_h),
         bias_w=torch.zeros_like(weights.bias_w),
     )
+
+
+def _mix_transpose(grad: torch.Tensor, shape: torch.Size, transposed: torch.Tensor | DepthwiseWeights) -> torch.Tensor:
+    """Transpose of the linear part of :func:`_mix`: ``(C, N * D * H * W)`` -> ``(C, N * D * H * W)``, with
+    ``transposed`` from :func:`_transposed`."""
+    if isinstance(transposed, torch.Tensor):
+        return torch.bmm(grad.view(shape[0], shape[1], -1), transposed).view(shape[0], -1)
     return depthwise_transpose(grad.view(shape), transposed, channel_dim=0).view(shape[0], -1)
 
 
@@ -119,7 +124,7 @@ class _Recurrence(torch.autograd.Function):
             torch.tanh(c, out=tanh_c)
             h = (o * tanh_c).view(h.shape)
         ctx.save_for_backward(keep, pointwise, *depthwise_weights)
-        ctx.dense, ctx.resets = operator is not None, resets
+        ctx.resets = resets
         ctx.matrix_t = None if operator is None else operator[0].transpose(1, 2).contiguous()
         ctx.read_from, ctx.cells, ctx.mixed, ctx.activations = read_from, cells, mixed, activations
         return torch.stack(read_from).transpose(1, 2), h.transpose(0, 1), c.view(h.shape).transpose(0, 1)
@@ -139,6 +144,7 @@ class _Recurrence(torch.autograd.Function):
         grad_mixed = []
         slopes = dh.new_empty(5 * channels, dh.shape[1])
         pointwise_t = pointwise.t()
+        transposed = _transposed(weights, ctx.matrix_t)
         for step in reversed(range(steps)):
             activations = ctx.activations[step]
             i, f, o, g, tanh_c = activations.chunk(5)
@@ -157,7 +163,7 @@ class _Recurrence(torch.autograd.Function):
             grad_gates.append(d_gates)
             d_mixed = torch.mm(pointwise_t, d_gates)
             grad_mixed.append(d_mixed)
-            dh = _mix_transpose(d_mixed, shape, weights, ctx.matrix_t)
+            dh = _mix_transpose(d_mixed, shape, transposed)
             if from_reads is not None:
                 dh = dh + from_reads[step]
             dc = dc * f
@@ -170,7 +176,9 @@ class _Recurrence(torch.autograd.Function):
         grad_pointwise = grad_gates.view(4 * channels, -1) @ torch.stack(ctx.mixed, dim=1).view(channels, -1).t()
         states = torch.stack(ctx.read_from, dim=1).view(channels, steps * shape[1], *shape[2:])
         grad_mixed.reverse()
-        grad_depthwise = _depthwise_grads(states, torch.stack(grad_mixed, dim=1).view(channels, -1), weights, ctx.dense)
+        grad_depthwise = _depthwise_grads(
+            states, torch.stack(grad_mixed, dim=1).view(channels, -1), weights, ctx.matrix_t is not None
+        )
         grad_writes = grad_gates.view(4 * channels, steps, *shape[1:]).permute(1, 2, 0, 3, 4, 5)
         return (
             grad_writes,
