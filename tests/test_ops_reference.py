@@ -156,6 +156,27 @@ def test_memory_step_reads_the_state_before_its_write():
     assert torch.allclose(h_next, torch.sigmoid(o) * torch.tanh(c_next))
 
 
+def test_local_update_moves_each_cell_by_its_write_mass():
+    torch.manual_seed(6)
+    channels, grid = 2, (3, 4, 5)
+    weights = ConvWeights(*(torch.randn(*s) for s in [(4, 3), (4,), (4, 3), (4,), (4, 3), (4,), (8, 4), (8,)]))
+    h, c = torch.randn(2, channels, *grid), torch.randn(2, channels, *grid)
+    inputs = (torch.rand(2, 1, 3) * 2 - 1, torch.randn(2, 3, channels), torch.rand(2, 3, 3) * 2 - 1)
+    sigma = 0.5 + torch.rand(2, 3)
+    strength = torch.tensor([[0.9, 0.8, 0.7], [0.0, 0.0, 0.0]])
+    inputs[2][0] = 0.0  # three strong writes at one place: their mass is capped at 1
+    _, h_global, c_global = memory_step(h, c, *inputs, sigma, weights)
+    _, h_local, c_local = memory_step(h, c, *inputs, sigma, weights, strength=strength)
+    mass = reference.write_mass(strength, inputs[2], sigma, grid)
+    assert mass.shape == (2, 1, *grid) and mass.max() == 1.0
+    assert torch.allclose(h_local, h + mass * (h_global - h), atol=1e-6)
+    assert torch.allclose(c_local, c + mass * (c_global - c), atol=1e-6)
+    # strength 0: nothing is written, every cell keeps its state exactly
+    assert torch.equal(h_local[1], h[1]) and torch.equal(c_local[1], c[1])
+    with pytest.raises(ValueError, match="strength"):
+        memory_step(h, c, *inputs, sigma, weights, strength=strength[:, :2])
+
+
 def test_bad_operator_inputs_raise_clear_errors():
     values, locations, sigma = torch.zeros(2, 3, 4), torch.zeros(2, 3, 3), torch.ones(2, 3)
     with pytest.raises(ValueError, match="grid"):

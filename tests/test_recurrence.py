@@ -8,7 +8,7 @@ from tmem_agents.memory import FactorizedGateConv, TensorMemory, TensorMemoryCon
 from tmem_agents.ops import memory_step
 from tmem_agents.ops import recurrence as recurrence_module
 from tmem_agents.ops.recurrence import dense_operator, recurrence, write_gates
-from tmem_agents.ops.reference import DepthwiseWeights, input_gates, lstm_update, state_gates
+from tmem_agents.ops.reference import DepthwiseWeights, input_gates, local_update, lstm_update, state_gates
 
 STEPS, BATCH, CHANNELS, GRID = 4, 3, 2, (3, 4, 2)
 KEEP = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 1]], dtype=torch.float64)
@@ -35,39 +35,62 @@ def _inputs():
     )
 
 
-def _plain(from_writes, h, c, pointwise, *weights):
+@pytest.fixture(params=["global", "local"])
+def update_form(request):
+    """The update of every cell at every step, and the local update weighted by write masses."""
+    return request.param
+
+
+def _masses(form):
+    if form == "global":
+        return None
+    return torch.rand(STEPS, BATCH, 1, *GRID, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+
+def _plain(masses, from_writes, h, c, pointwise, *weights):
     read_from = []
     for step in range(STEPS):
         keep = KEEP[step].view(-1, 1, 1, 1, 1)
         h, c = h * keep, c * keep
         read_from.append(h)
-        h, c = lstm_update(from_writes[step] + state_gates(h, DepthwiseWeights(*weights), pointwise), c)
+        h_next, c_next = lstm_update(from_writes[step] + state_gates(h, DepthwiseWeights(*weights), pointwise), c)
+        h, c = (h_next, c_next) if masses is None else local_update(h, c, h_next, c_next, masses[step])
     return torch.stack(read_from), h, c
 
 
-def _fast(from_writes, h, c, pointwise, *weights):
+def _fast(masses, from_writes, h, c, pointwise, *weights):
     weights = DepthwiseWeights(*weights)
-    return recurrence(from_writes, h, c, KEEP, pointwise, weights, dense_operator(weights, GRID))
+    return recurrence(from_writes, h, c, KEEP, pointwise, weights, dense_operator(weights, GRID), masses)
 
 
-def test_recurrence_matches_the_plain_loop_forward_and_backward(depthwise_form):
-    inputs = _inputs()
-    for a, b in zip(_plain(*inputs), _fast(*inputs), strict=True):
+def _with_masses(form):
+    masses = _masses(form)
+    inputs = _inputs() if masses is None else (masses.requires_grad_(), *_inputs())
+    return inputs, (lambda *args: _plain(None, *args)) if masses is None else _plain, (
+        (lambda *args: _fast(None, *args)) if masses is None else _fast
+    )
+
+
+def test_recurrence_matches_the_plain_loop_forward_and_backward(depthwise_form, update_form):
+    inputs, plain, fast = _with_masses(update_form)
+    for a, b in zip(plain(*inputs), fast(*inputs), strict=True):
         assert torch.allclose(a, b, atol=1e-12)
-    cotangents = [torch.randn_like(t) for t in _plain(*inputs)]
-    grads_plain = torch.autograd.grad(_plain(*inputs), inputs, cotangents)
-    grads_fast = torch.autograd.grad(_fast(*inputs), inputs, cotangents)
+    cotangents = [torch.randn_like(t) for t in plain(*inputs)]
+    grads_plain = torch.autograd.grad(plain(*inputs), inputs, cotangents)
+    grads_fast = torch.autograd.grad(fast(*inputs), inputs, cotangents)
     for a, b in zip(grads_plain, grads_fast, strict=True):
         assert torch.allclose(a, b, atol=1e-10)
 
 
-def test_recurrence_gradcheck(depthwise_form):
-    assert torch.autograd.gradcheck(_fast, _inputs(), fast_mode=True)
+def test_recurrence_gradcheck(depthwise_form, update_form):
+    inputs, _, fast = _with_masses(update_form)
+    assert torch.autograd.gradcheck(fast, inputs, fast_mode=True)
 
 
-def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form):
+@pytest.mark.parametrize("local", [False, True])
+def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local):
     torch.manual_seed(1)
-    config = TensorMemoryConfig(grid=(3, 4, 5), channels=3, chunk_size=2, write_radius=1)
+    config = TensorMemoryConfig(grid=(3, 4, 5), channels=3, chunk_size=2, write_radius=1, local_update=local)
     memory = TensorMemory(config, 6).double()
     tokens = torch.randn(2, 8, 6, dtype=torch.float64)
     starts = torch.tensor([[0, 0, 1, 0], [0, 1, 0, 0]], dtype=torch.float64)
@@ -81,7 +104,7 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form):
         keep = (1 - starts[:, step]).view(-1, 1, 1, 1, 1)
         h, c = h * keep, c * keep
         chunk = grouped[:, step]
-        values, write_loc, sigma = memory.write_terms(memory.write_proj(chunk.flatten(1)))
+        values, write_loc, sigma, strength = memory.write_terms(memory.write_proj(chunk.flatten(1)))
         read, h, c = memory_step(
             h,
             c,
@@ -91,6 +114,7 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form):
             sigma[:, None],
             memory.update.weights(),
             radius=1,
+            strength=None if strength is None else strength[:, None],
             backend="torch",
         )
         reads.append(read)

@@ -148,6 +148,8 @@ def test_bad_inputs_raise_clear_errors():
         ("backend", "cuda"),
         ("padding_mode", "reflect"),
         ("gate_init", float("nan")),
+        ("local_update", "yes"),
+        ("strength_bias_init", float("inf")),
     ],
 )
 def test_config_validation_names_the_field(field, value):
@@ -165,3 +167,17 @@ def test_boolean_chunk_starts_and_numpy_resets():
     assert torch.allclose(with_grad, without, atol=1e-6)
     state = memory.reset(memory.init_state(2), np.array([True, False]))
     assert state.batch_size == torch.Size([2])
+
+
+def test_local_update_keeps_the_state_where_the_memory_declines_to_write():
+    memory = _memory(local_update=True)
+    state = memory.init_state(2).apply(torch.randn_like)
+    tokens = torch.randn(2, 4, 8)
+    _, written = memory(tokens, state)
+    assert not torch.allclose(written["h"], state["h"])
+    with torch.no_grad():
+        memory.strength_bias.fill_(-100.0)  # write strength sigmoid(-100): no cell is reached
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            _, kept = memory(tokens, state)
+        assert torch.allclose(kept["h"], state["h"]) and torch.allclose(kept["c"], state["c"])

@@ -273,18 +273,23 @@ def step_inputs(seed: int, batch: int, reads: int, num: int, channels: int, dtyp
     return tuple(t.to(DEVICE) for t in (read_locations, values, write_locations, sigma))
 
 
-# (batch, reads, tokens, channels, grid, radius, padding)
+def step_strength(seed: int, batch: int, num: int, dtype: torch.dtype) -> torch.Tensor:
+    """Write strengths in [0, 1] with some of their sums over the tokens above 1 (the mass is capped)."""
+    return torch.rand(batch, num, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype).to(DEVICE)
+
+
+# (batch, reads, tokens, channels, grid, radius, padding, local update)
 STEP_CASES = [
-    (3, 4, 5, 3, (5, 7, 6), None, "border"),
-    (2, 5, 16, 5, (6, 5, 4), 1, "zeros"),
-    (2, 3, 7, 4, (4, 6, 5), 2, "border"),
-    (2, 16, 3, 1, (2, 3, 2), 3, "zeros"),
+    (3, 4, 5, 3, (5, 7, 6), None, "border", True),
+    (2, 5, 16, 5, (6, 5, 4), 1, "zeros", False),
+    (2, 3, 7, 4, (4, 6, 5), 2, "border", True),
+    (2, 16, 3, 1, (2, 3, 2), 3, "zeros", False),
 ]
 
 
 @pytest.mark.parametrize("case", STEP_CASES, ids=[f"step{i}" for i in range(len(STEP_CASES))])
 def test_step_matches_reference_over_steps_with_resets(case) -> None:
-    batch, reads, num, channels, grid, radius, padding = case
+    batch, reads, num, channels, grid, radius, padding, local = case
     h, c, weights = step_state(11, batch, channels, grid, torch.float32)
     h_ref, c_ref = h.clone(), c.clone()
     for step in range(4):
@@ -292,8 +297,9 @@ def test_step_matches_reference_over_steps_with_resets(case) -> None:
             for state in (h, c, h_ref, c_ref):
                 state[::2] = 0
         inputs = step_inputs(100 + step, batch, reads, num, channels, torch.float32)
-        read, h, c = triton_step.memory_step(h, c, *inputs, weights, radius, padding)
-        read_ref, h_ref, c_ref = reference.memory_step(h_ref, c_ref, *inputs, weights, radius, padding)
+        strength = step_strength(200 + step, batch, num, torch.float32) if local else None
+        read, h, c = triton_step.memory_step(h, c, *inputs, weights, radius, padding, strength)
+        read_ref, h_ref, c_ref = reference.memory_step(h_ref, c_ref, *inputs, weights, radius, padding, strength)
         for got, want in ((read, read_ref), (h, h_ref), (c, c_ref)):
             assert got.dtype == torch.float32
             assert_close(got, want, rtol=0.0, atol=1e-4)
@@ -446,19 +452,22 @@ def test_dispatch_uses_the_kernels() -> None:
     assert_close(read, reference.trilinear_read(memory, locations, "zeros"), **F32)
     h, c, weights = step_state(25, 2, 3, grid, torch.float32)
     inputs = step_inputs(26, 2, 4, 6, 3, torch.float32)
-    want = reference.memory_step(h, c, *inputs, weights, radius=2, padding_mode="border")
-    with torch.no_grad():
-        fused = ops.memory_step(h, c, *inputs, weights, radius=2, padding_mode="border", backend="triton")
-    for g, w in zip(fused, want, strict=True):
-        assert_close(g, w, rtol=0.0, atol=1e-4)
-    values_grad = inputs[1].clone().requires_grad_()
-    composed = ops.memory_step(h, c, inputs[0], values_grad, *inputs[2:], weights, radius=2, backend="triton")
-    for g, w in zip(composed, want, strict=True):
-        assert_close(g.detach(), w, rtol=0.0, atol=1e-4)
-    composed[1].sum().backward()
-    ref_values = inputs[1].clone().requires_grad_()
-    reference.memory_step(h, c, inputs[0], ref_values, *inputs[2:], weights, radius=2)[1].sum().backward()
-    assert_close(values_grad.grad, ref_values.grad, **F32_GRAD)
+    for strength in (None, step_strength(27, 2, 6, torch.float32)):
+        want = reference.memory_step(h, c, *inputs, weights, 2, "border", strength)
+        with torch.no_grad():
+            fused = ops.memory_step(h, c, *inputs, weights, radius=2, strength=strength, backend="triton")
+        for g, w in zip(fused, want, strict=True):
+            assert_close(g, w, rtol=0.0, atol=1e-4)
+        values_grad = inputs[1].clone().requires_grad_()
+        composed = ops.memory_step(
+            h, c, inputs[0], values_grad, *inputs[2:], weights, radius=2, strength=strength, backend="triton"
+        )
+        for g, w in zip(composed, want, strict=True):
+            assert_close(g.detach(), w, rtol=0.0, atol=1e-4)
+        composed[1].sum().backward()
+        ref_values = inputs[1].clone().requires_grad_()
+        reference.memory_step(h, c, inputs[0], ref_values, *inputs[2:], weights, 2, "border", strength)[1].sum().backward()
+        assert_close(values_grad.grad, ref_values.grad, **F32_GRAD)
 
 
 def test_rejects_bad_padding_and_out() -> None:

@@ -86,6 +86,8 @@ class MemoryGridConfig:
     write_radius: int | None = None
     gate_init: float = 0.0
     forget_bias_init: float = 1.0
+    local_update: bool = False
+    strength_bias_init: float = 0.0
     backend: str = "auto"
 
 

@@ -23,6 +23,11 @@ class TensorMemoryConfig:
         gate_init: initial logit of the fusion gate, ``sigmoid(-2) ~ 0.12``.
         forget_bias_init: initial bias of the forget gate ``f`` (0 as in the reference; 1 keeps more of
             the cell at the start of training, the usual LSTM practice).
+        local_update: confine the update to the written cells: a write-strength head ``a = sigmoid(w_a x_w)``
+            gives each cell the mass ``m = a exp(-|pos - p_w|^2 / (2 sigma^2))`` and the cell moves from its state
+            by ``m`` towards the LSTM update (``h + m (h' - h)``), so cells no write reaches keep their state
+            and a token can decline to write. ``False`` (reference) updates every cell at every step.
+        strength_bias_init: initial bias of the write-strength head (``sigmoid(0) = 0.5``).
         padding_mode: read padding, ``"border"`` (reference) or ``"zeros"``.
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`tmem_agents.ops.dispatch`).
         check_inputs: raise on NaN or infinite tokens (one reduction per call).
@@ -36,6 +41,8 @@ class TensorMemoryConfig:
     write_radius: int | None = None
     gate_init: float = -2.0
     forget_bias_init: float = 0.0
+    local_update: bool = False
+    strength_bias_init: float = 0.0
     padding_mode: str = "border"
     backend: str = "auto"
     check_inputs: bool = True
@@ -56,6 +63,9 @@ class TensorMemoryConfig:
         _require_finite("sigma_bias_init", self.sigma_bias_init)
         _require_finite("gate_init", self.gate_init)
         _require_finite("forget_bias_init", self.forget_bias_init)
+        if not isinstance(self.local_update, bool):
+            raise ValueError(f"TensorMemoryConfig.local_update must be true or false; got {self.local_update!r}")
+        _require_finite("strength_bias_init", self.strength_bias_init)
         if self.write_radius is not None:
             _require_int("write_radius", self.write_radius, 0, "or None for the dense write")
         if self.padding_mode not in PADDING_MODES:

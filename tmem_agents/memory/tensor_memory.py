@@ -9,7 +9,7 @@ from torch import nn
 
 from tmem_agents.memory.config import TensorMemoryConfig
 from tmem_agents.memory.update import FactorizedGateConv
-from tmem_agents.ops import memory_step, splat_write, trilinear_read
+from tmem_agents.ops import memory_step, splat_write, trilinear_read, write_mass
 from tmem_agents.ops.recurrence import dense_operator, recurrence, write_gates
 from tmem_agents.state import reset_state, zero_rows
 
@@ -44,6 +44,8 @@ class TensorMemory(nn.Module):
         # (SB3's orthogonal init) keep writes starting with a non-zero spread
         self.spread = nn.Linear(token_dim, 1, bias=False)
         self.spread_bias = nn.Parameter(torch.tensor(float(config.sigma_bias_init)))
+        self.strength = nn.Linear(token_dim, 1, bias=False) if config.local_update else None
+        self.strength_bias = nn.Parameter(torch.tensor(float(config.strength_bias_init))) if config.local_update else None
         self.update = FactorizedGateConv(channels, config.forget_bias_init)
         self.out_proj = nn.Linear(channels, token_dim)
 
@@ -70,12 +72,18 @@ class TensorMemory(nn.Module):
         """Shared coordinate head: ``(..., d)`` -> ``(..., 3)`` in ``[-1, 1]``."""
         return torch.tanh(self.coord(x))
 
-    def write_terms(self, x_write: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Content ``(..., C)``, location ``(..., 3)`` and spread ``(...)`` of a write input ``(..., d)``."""
+    def write_terms(
+        self, x_write: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Content ``(..., C)``, location ``(..., 3)``, spread ``(...)`` and strength ``(...)`` (``None`` without
+        the local update) of a write input ``(..., d)``."""
         sigma = self.config.sigma_scale * (
             F.softplus(self.spread(x_write).squeeze(-1) + self.spread_bias) + SIGMA_FLOOR
         )
-        return self.content(x_write), self.coordinates(x_write), sigma
+        strength = None
+        if self.strength is not None:
+            strength = torch.sigmoid(self.strength(x_write).squeeze(-1) + self.strength_bias)
+        return self.content(x_write), self.coordinates(x_write), sigma, strength
 
     def _check(self, tokens: torch.Tensor, state: TensorDict) -> None:
         if tokens.dim() != 3 or tokens.shape[-1] != self.token_dim:
@@ -105,34 +113,41 @@ class TensorMemory(nn.Module):
         chunk = self.config.chunk_size
         grouped = F.pad(tokens, (0, 0, 0, (-num) % chunk)).view(batch, -1, chunk, dim)
         read_loc = self.coordinates(grouped[:, :, 0])
-        values, write_loc, sigma = self.write_terms(self.write_proj(grouped.flatten(2)))
+        writes = self.write_terms(self.write_proj(grouped.flatten(2)))
         if chunk_starts is not None and tuple(chunk_starts.shape) != tuple(read_loc.shape[:2]):
             raise ValueError(
                 f"chunk_starts must have shape {tuple(read_loc.shape[:2])}, got {tuple(chunk_starts.shape)}"
             )
         h, c = state["h"], state["c"]
         if torch.is_grad_enabled():
-            reads, h, c = self._scan(h, c, read_loc, values, write_loc, sigma, chunk_starts)
+            reads, h, c = self._scan(h, c, read_loc, writes, chunk_starts)
         else:
-            reads, h, c = self._steps(h, c, read_loc, values, write_loc, sigma, chunk_starts)
+            reads, h, c = self._steps(h, c, read_loc, writes, chunk_starts)
         out = self.out_proj(reads).repeat_interleave(chunk, dim=1)[:, :num]
         return out, TensorDict({"h": h, "c": c}, batch_size=state.batch_size, device=state.device)
 
-    def _scan(self, h, c, read_loc, values, write_loc, sigma, chunk_starts):
+    def _scan(self, h, c, read_loc, writes, chunk_starts):
         """All ``K`` steps with the non-recurrent work batched: the writes and their share of the gates
         before the recurrence (:func:`~tmem_agents.ops.recurrence.recurrence`), the reads after it."""
+        values, write_loc, sigma, strength = writes
         batch, steps, channels = values.shape
         cfg = self.config
         weights = self.update.weights()
         time_major = [t.transpose(0, 1).reshape(steps * batch, 1, -1) for t in (values, write_loc, read_loc)]
+        sigma = sigma.T.reshape(steps * batch, 1)
         volumes = splat_write(
-            time_major[0],
-            time_major[1],
-            sigma.T.reshape(steps * batch, 1),
-            grid=cfg.grid,
-            radius=cfg.write_radius,
-            backend=cfg.backend,
+            time_major[0], time_major[1], sigma, grid=cfg.grid, radius=cfg.write_radius, backend=cfg.backend
         )
+        masses = None
+        if strength is not None:
+            masses = write_mass(
+                strength.T.reshape(steps * batch, 1),
+                time_major[1],
+                sigma,
+                grid=cfg.grid,
+                radius=cfg.write_radius,
+                backend=cfg.backend,
+            ).view(steps, batch, 1, *cfg.grid)
         # the depthwise convs of the written channels and of the state's, as matrices on small grids
         operator = dense_operator(weights.depthwise(slice(None)), cfg.grid)
         on_writes = on_state = None
@@ -149,15 +164,17 @@ class TensorMemory(nn.Module):
             weights.pointwise[:, channels:],
             weights.depthwise(slice(channels, 2 * channels)),
             on_state,
+            masses,
         )
         reads = trilinear_read(
             read_from.flatten(0, 1), time_major[2], padding_mode=cfg.padding_mode, backend=cfg.backend
         )
         return reads.view(steps, batch, channels).transpose(0, 1), h, c
 
-    def _steps(self, h, c, read_loc, values, write_loc, sigma, chunk_starts):
+    def _steps(self, h, c, read_loc, writes, chunk_starts):
         """Without gradients (rollouts, deployment): one :func:`~tmem_agents.ops.memory_step` per chunk, the
         fused kernel (one launch per step) on the Triton backend."""
+        values, write_loc, sigma, strength = writes
         weights = self.update.weights()
         reads = []
         for step in range(values.shape[1]):
@@ -174,6 +191,7 @@ class TensorMemory(nn.Module):
                 weights,
                 radius=self.config.write_radius,
                 padding_mode=self.config.padding_mode,
+                strength=None if strength is None else strength[:, window],
                 backend=self.config.backend,
             )
             reads.append(read)

@@ -8,6 +8,7 @@ from tmem_agents.ops.dispatch import (
     trilinear_read,
     triton_installed,
     triton_interpreted,
+    write_mass,
 )
 from tmem_agents.ops.reference import ConvWeights
 
@@ -20,4 +21,5 @@ __all__ = [
     "trilinear_read",
     "triton_installed",
     "triton_interpreted",
+    "write_mass",
 ]

@@ -125,6 +125,23 @@ def splat_write(
     return reference.splat_write(values, locations, sigma, grid, radius)
 
 
+def write_mass(
+    strength: torch.Tensor,
+    locations: torch.Tensor,
+    sigma: torch.Tensor,
+    *,
+    grid: tuple[int, int, int],
+    radius: int | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """How much of each cell the writes reach: strength ``(B, N)``, locations ``(B, N, 3)``, sigma ``(B, N)`` ->
+    ``(B, 1, D, H, W)``. See :func:`tmem_agents.ops.reference.write_mass` for the formula."""
+    if strength.dim() != 2:
+        raise ValueError(f"strength must have shape (B, N), got {tuple(strength.shape)}")
+    volume = splat_write(strength.unsqueeze(-1), locations, sigma, grid=grid, radius=radius, backend=backend)
+    return volume.clamp(max=1.0)
+
+
 def trilinear_read(
     memory: torch.Tensor, queries: torch.Tensor, *, padding_mode: str = "border", backend: str = "auto"
 ) -> torch.Tensor:
@@ -153,30 +170,40 @@ def memory_step(
     *,
     radius: int | None = None,
     padding_mode: str = "border",
+    strength: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One memory step (read, write, update): see :func:`tmem_agents.ops.reference.memory_step`.
 
-    On the Triton backend without gradients this is the fused kernel (one launch per step);
-    with gradients it composes the Triton write and read with the PyTorch update.
+    ``strength`` ``(B, N)`` (optional) confines the update to the written cells. On the Triton backend
+    without gradients this is the fused kernel (one launch per step); with gradients it composes the
+    Triton write and read with the PyTorch update.
     """
     _check_step(h, c, read_locations, values, write_locations, sigma, weights)
     _check_radius(radius)
+    if strength is not None and strength.shape != sigma.shape:
+        raise ValueError(f"strength must have the shape of sigma {tuple(sigma.shape)}, got {tuple(strength.shape)}")
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     chosen = resolve_backend(backend, h.device)
     if chosen == "torch":
         return reference.memory_step(
-            h, c, read_locations, values, write_locations, sigma, weights, radius, padding_mode
+            h, c, read_locations, values, write_locations, sigma, weights, radius, padding_mode, strength
         )
     tensors = (h, c, read_locations, values, write_locations, sigma, *weights)
+    if strength is not None:
+        tensors += (strength,)
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         from tmem_agents.ops import triton_step
 
         return triton_step.memory_step(
-            h, c, read_locations, values, write_locations, sigma, weights, radius, padding_mode
+            h, c, read_locations, values, write_locations, sigma, weights, radius, padding_mode, strength
         )
+    grid = tuple(h.shape[2:])
     read = trilinear_read(h, read_locations, padding_mode=padding_mode, backend=chosen)
-    volume = splat_write(values, write_locations, sigma, grid=tuple(h.shape[2:]), radius=radius, backend=chosen)
+    volume = splat_write(values, write_locations, sigma, grid=grid, radius=radius, backend=chosen)
     h_next, c_next = reference.lstm_update(reference.factorized_conv(torch.cat([volume, h], dim=1), weights), c)
+    if strength is not None:
+        mass = write_mass(strength, write_locations, sigma, grid=grid, radius=radius, backend=chosen)
+        h_next, c_next = reference.local_update(h, c, h_next, c_next, mass)
     return read, h_next, c_next

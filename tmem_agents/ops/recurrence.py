@@ -5,7 +5,8 @@ the recurrence is, for steps ``k = 0 .. K-1``::
 
     h, c = keep_k * h, keep_k * c                        # episode starts zero the state
     a = from_writes_k + P_h @ depthwise_h(h)             # the conv of concat(V, h), split
-    c = sigmoid(f) c + sigmoid(i) tanh(g);  h = sigmoid(o) tanh(c)
+    c' = sigmoid(f) c + sigmoid(i) tanh(g);  h' = sigmoid(o) tanh(c')
+    h, c = h', c'   or, with write masses m_k (the local update),   h, c = h + m_k (h' - h), c + m_k (c' - c)
 
 Run op by op under autograd this costs one graph node per small op and step, which on the CPU
 dominates training. Here the forward runs without a graph, channel-major: the state is ``(C, B*D*H*W)``
@@ -98,7 +99,7 @@ def write_gates(volumes: torch.Tensor, weights: ConvWeights, operator: Operator)
 
 class _Recurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, from_writes, h, c, keep, pointwise, matrix, offset, *depthwise_weights):  # noqa: ANN001
+    def forward(ctx, from_writes, h, c, keep, masses, pointwise, matrix, offset, *depthwise_weights):  # noqa: ANN001
         weights = DepthwiseWeights(*depthwise_weights)
         operator = None if matrix is None else (matrix, offset)
         steps, channels = from_writes.shape[0], h.shape[1]
@@ -107,7 +108,7 @@ class _Recurrence(torch.autograd.Function):
         resets = (keep < 1).any(dim=1).tolist()
         # per step: sigmoid(i), sigmoid(f), sigmoid(o), tanh(g), tanh(c)
         activations = h.new_empty(steps, 5 * channels, c.shape[1])
-        read_from, cells, mixed = [], [], []
+        read_from, cells, mixed, candidates = [], [], [], []
         for step in range(steps):
             if resets[step]:
                 keep_rows = keep[step].view(1, -1, 1, 1, 1)
@@ -120,19 +121,25 @@ class _Recurrence(torch.autograd.Function):
             i, f, o, g, tanh_c = activations[step].chunk(5)
             torch.sigmoid(gates[: 3 * channels], out=activations[step, : 3 * channels])
             torch.tanh(gates[3 * channels :], out=g)
-            c = torch.addcmul(f * c, i, g)
-            torch.tanh(c, out=tanh_c)
-            h = (o * tanh_c).view(h.shape)
-        ctx.save_for_backward(keep, pointwise, *depthwise_weights)
+            c_next = torch.addcmul(f * c, i, g)
+            torch.tanh(c_next, out=tanh_c)
+            if masses is None:
+                c, h = c_next, (o * tanh_c).view(h.shape)
+            else:
+                candidates.append(c_next)
+                c = torch.lerp(c, c_next, masses[step])
+                h = torch.lerp(h.view(channels, -1), o * tanh_c, masses[step]).view(h.shape)
+        ctx.save_for_backward(keep, masses, pointwise, *depthwise_weights)
         ctx.resets = resets
         ctx.matrix_t = None if operator is None else operator[0].transpose(1, 2).contiguous()
         ctx.read_from, ctx.cells, ctx.mixed, ctx.activations = read_from, cells, mixed, activations
+        ctx.candidates = candidates
         return torch.stack(read_from).transpose(1, 2), h.transpose(0, 1), c.view(h.shape).transpose(0, 1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_read_from, grad_h, grad_c):  # noqa: ANN001
-        keep, pointwise, *depthwise_weights = ctx.saved_tensors
+        keep, masses, pointwise, *depthwise_weights = ctx.saved_tensors
         weights = DepthwiseWeights(*depthwise_weights)
         shape = ctx.read_from[0].shape  # (C, B, D, H, W)
         channels, steps = shape[0], len(ctx.cells)
@@ -140,14 +147,20 @@ class _Recurrence(torch.autograd.Function):
         dh = _channel_major(dh).view(channels, -1)
         dc = torch.zeros_like(dh) if grad_c is None else _channel_major(grad_c).view(channels, -1)
         from_reads = None if grad_read_from is None else _channel_major(grad_read_from).view(steps, channels, -1)
-        grad_gates = []
-        grad_mixed = []
+        grad_gates, grad_mixed, grad_masses = [], [], []
         slopes = dh.new_empty(5 * channels, dh.shape[1])
         pointwise_t = pointwise.t()
         transposed = _transposed(weights, ctx.matrix_t)
         for step in reversed(range(steps)):
             activations = ctx.activations[step]
             i, f, o, g, tanh_c = activations.chunk(5)
+            if masses is not None:
+                # h, c = lerp(state, update, m): the update sees m of the gradient, the state the rest
+                h_prev = ctx.read_from[step].view(channels, -1)
+                d_mass = (dc * (ctx.candidates[step] - ctx.cells[step])).sum(0)
+                grad_masses.append(d_mass.add_((dh * (o * tanh_c - h_prev)).sum(0)))
+                dh_kept, dc_kept = dh * (1 - masses[step]), dc * (1 - masses[step])
+                dh, dc = dh * masses[step], dc * masses[step]
             # the activations' slopes: s (1 - s) for the sigmoids, 1 - t^2 for the tanhs
             torch.mul(activations, activations, out=slopes)
             torch.sub(activations[: 3 * channels], slopes[: 3 * channels], out=slopes[: 3 * channels])
@@ -167,6 +180,8 @@ class _Recurrence(torch.autograd.Function):
             if from_reads is not None:
                 dh = dh + from_reads[step]
             dc = dc * f
+            if masses is not None:
+                dh, dc = dh + dh_kept, dc + dc_kept
             if ctx.resets[step]:
                 keep_rows = keep[step].view(1, -1, 1, 1, 1)
                 dh = (dh.view(shape) * keep_rows).view(channels, -1)
@@ -180,11 +195,13 @@ class _Recurrence(torch.autograd.Function):
             states, torch.stack(grad_mixed, dim=1).view(channels, -1), weights, ctx.matrix_t is not None
         )
         grad_writes = grad_gates.view(4 * channels, steps, *shape[1:]).permute(1, 2, 0, 3, 4, 5)
+        grad_masses.reverse()
         return (
             grad_writes,
             dh.view(shape).transpose(0, 1),
             dc.view(shape).transpose(0, 1),
             None,
+            torch.stack(grad_masses).unsqueeze(1) if masses is not None and ctx.needs_input_grad[4] else None,
             grad_pointwise,
             *grad_depthwise,
         )
@@ -198,13 +215,17 @@ def recurrence(
     pointwise: torch.Tensor,
     weights: DepthwiseWeights,
     operator: Operator,
+    masses: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``K`` steps of the state recurrence.
 
     from_writes ``(K, B, 4C, D, H, W)`` (from :func:`write_gates`); h, c ``(B, C, D, H, W)``; keep ``(K, B)``
     (0 zeroes the state before that step); pointwise ``(4C, C)``; weights: the state channels' depthwise taps and
-    biases; operator: their :func:`dense_operator`.
+    biases; operator: their :func:`dense_operator`; masses ``(K, B, 1, D, H, W)`` or ``None``: each step's write
+    mass (:func:`~tmem_agents.ops.reference.write_mass`) for the local update.
     Returns ``(read_from (K, B, C, D, H, W), h, c)``: the state each step reads, and the final state.
     """
     matrix, offset = (None, None) if operator is None else operator
-    return _Recurrence.apply(from_writes, h, c, keep.to(h.dtype), pointwise, matrix, offset, *weights)
+    if masses is not None:
+        masses = masses.reshape(masses.shape[0], 1, -1)
+    return _Recurrence.apply(from_writes, h, c, keep.to(h.dtype), masses, pointwise, matrix, offset, *weights)

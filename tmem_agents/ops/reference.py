@@ -7,6 +7,8 @@ memory step lives here once:
 * ``trilinear_read`` trilinear read ``r = grid_sample(h, p, align_corners=True)``
 * ``factorized_conv`` depthwise 3-tap convs along D, H and W, then a 1x1x1 pointwise mix
 * ``lstm_update``   ``c = sig(f) c + sig(i) tanh(g)``, ``h = sig(o) tanh(c)``
+* ``write_mass``    how much of each cell a step's writes reach, ``m = min(1, sum_n a_n exp(...))``
+* ``local_update``  the update confined to the written cells, ``h = h + m (h' - h)``, ``c = c + m (c' - c)``
 * ``memory_step``   read, write, update: one step of the memory
 
 Coordinates ``(x, y, z)`` in ``[-1, 1]`` index ``(W, H, D)``; cell ``i`` of an axis of size ``S`` sits at
@@ -236,6 +238,26 @@ def lstm_update(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, tor
     return h_next, c_next
 
 
+def write_mass(
+    strength: torch.Tensor,
+    locations: torch.Tensor,
+    sigma: torch.Tensor,
+    grid: tuple[int, int, int],
+    radius: int | None = None,
+) -> torch.Tensor:
+    """How much of each cell the writes reach: strengths ``(B, N)`` in ``[0, 1]`` splatted with the writes'
+    Gaussians and capped at 1, ``m = min(1, sum_n a_n w_n(cell))``: ``(B, 1, D, H, W)``."""
+    return splat_write(strength.unsqueeze(-1), locations, sigma, grid, radius).clamp(max=1.0)
+
+
+def local_update(
+    h: torch.Tensor, c: torch.Tensor, h_next: torch.Tensor, c_next: torch.Tensor, mass: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The update confined to the written cells: ``h + m (h' - h)`` and ``c + m (c' - c)`` with ``mass`` ``m``
+    ``(B, 1, D, H, W)`` from :func:`write_mass`. A cell no write reaches keeps its state exactly."""
+    return torch.lerp(h, h_next, mass), torch.lerp(c, c_next, mass)
+
+
 def memory_step(
     h: torch.Tensor,
     c: torch.Tensor,
@@ -246,15 +268,20 @@ def memory_step(
     weights: ConvWeights,
     radius: int | None = None,
     padding_mode: str = "border",
+    strength: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One memory step: read from ``h``, write, update.
 
     h, c ``(B, C, D, H, W)``; read_locations ``(B, R, 3)``; values ``(B, N, C)``; write_locations ``(B, N, 3)``;
     sigma ``(B, N)``. Returns ``(read (B, R, C), h_next, c_next)``. The read sees the state before this
-    step's write, as in the reference implementation.
+    step's write, as in the reference implementation. With write ``strength`` ``(B, N)`` the update is
+    local (:func:`local_update`): each cell moves to its LSTM update by the write mass it receives.
     """
     read = trilinear_read(h, read_locations, padding_mode)
-    volume = splat_write(values, write_locations, sigma, tuple(h.shape[2:]), radius)
+    grid = tuple(h.shape[2:])
+    volume = splat_write(values, write_locations, sigma, grid, radius)
     gates = factorized_conv(torch.cat([volume, h], dim=1), weights)
     h_next, c_next = lstm_update(gates, c)
+    if strength is not None:
+        h_next, c_next = local_update(h, c, h_next, c_next, write_mass(strength, write_locations, sigma, grid, radius))
     return read, h_next, c_next

@@ -87,6 +87,16 @@ def _axis_factor(index, size, coord, den, radius, t0, t1, t2, WINDOWED: tl.const
 
 
 @triton.jit
+def _axis_gauss(index, size, coord, den, radius, WINDOWED: tl.constexpr, DT: tl.constexpr):
+    """One token's per-axis Gaussian at cells ``index`` (0 outside its window): ``(cells,)``."""
+    delta = axis_position(index, size, DT) - coord
+    gauss = tl.exp(-(delta * delta) / den)
+    if WINDOWED:
+        gauss = tl.where(tl.abs(index - nearest_cell(coord, size)) <= radius, gauss, 0.0)
+    return gauss
+
+
+@triton.jit
 def _gate(pw_ptr, pwb_ptr, k: tl.constexpr, ch, ch_mask, C, conv_v, conv_h, DT: tl.constexpr):
     """Gate ``k`` of ``(i, f, o, g)`` before its nonlinearity: rows ``k C + ch`` of the pointwise mix of the
     volume's and ``h``'s conv outputs, ``(channels, cells)``."""
@@ -102,11 +112,11 @@ def _gate(pw_ptr, pwb_ptr, k: tl.constexpr, ch, ch_mask, C, conv_v, conv_h, DT: 
 
 @triton.jit
 def _step_kernel(
-    h_ptr, c_ptr, rloc_ptr, val_ptr, wloc_ptr, sig_ptr,
+    h_ptr, c_ptr, rloc_ptr, val_ptr, wloc_ptr, sig_ptr, str_ptr,
     taps_d, bias_d, taps_h, bias_h, taps_w, bias_w, pw_ptr, pwb_ptr,
     read_ptr, h_out, c_out,
     R, N, C, D, H, W, radius,
-    WINDOWED: tl.constexpr, BORDER: tl.constexpr, DT: tl.constexpr,
+    WINDOWED: tl.constexpr, BORDER: tl.constexpr, LOCAL: tl.constexpr, DT: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     """One memory step of env ``b`` on one tile of cells (and the read, in the first tile)."""
@@ -134,6 +144,7 @@ def _step_kernel(
     h0, h1, h2 = _taps(taps_h, ch, ch_mask, DT)
     w0, w1, w2 = _taps(taps_w, ch, ch_mask, DT)
     loc_row = wloc_ptr + b * N * 3
+    mass = tl.zeros([BLOCK_S], dtype=DT)
     for n in range(N):
         x, _ = clamp_unit(tl.load(loc_row + n * 3 + 0).to(DT))
         y, _ = clamp_unit(tl.load(loc_row + n * 3 + 1).to(DT))
@@ -144,6 +155,9 @@ def _step_kernel(
         factor = _axis_factor(d, D, z, den, radius, d0, d1, d2, WINDOWED, DT) * value[:, None]
         factor = factor * _axis_factor(h, H, y, den, radius, h0, h1, h2, WINDOWED, DT)
         conv_v += factor * _axis_factor(w, W, x, den, radius, w0, w1, w2, WINDOWED, DT)
+        if LOCAL:
+            gauss = _axis_gauss(d, D, z, den, radius, WINDOWED, DT) * _axis_gauss(h, H, y, den, radius, WINDOWED, DT)
+            mass += tl.load(str_ptr + b * N + n).to(DT) * gauss * _axis_gauss(w, W, x, den, radius, WINDOWED, DT)
     conv_v = tl.where(tile_mask, conv_v, 0.0)
 
     # h's channels (C + ch): the 3x3x3 stencil of the chained depthwise convs (runtime loops: unrolled,
@@ -165,15 +179,21 @@ def _step_kernel(
                 conv_h += tw[:, None] * tl.load(h_row + ch[:, None] * S + cell[None, :], mask=mask, other=0.0).to(DT)
     conv_h = tl.where(tile_mask, conv_h, 0.0)
 
-    # Pointwise mix (4C, 2C), gates ordered (i, f, o, g), and the LSTM update, one gate at a time.
+    # Pointwise mix (4C, 2C), gates ordered (i, f, o, g), and the LSTM update, one gate at a time; with
+    # LOCAL, each cell moves from its state to the update by the write mass min(1, mass) it receives.
     offs = (b * C + ch[:, None]) * S + s[None, :]
-    c_next = _gate(pw_ptr, pwb_ptr, 1, ch, ch_mask, C, conv_v, conv_h, DT)
-    c_next = sigmoid(c_next) * tl.load(c_ptr + offs, mask=tile_mask, other=0.0).to(DT)
+    c_old = tl.load(c_ptr + offs, mask=tile_mask, other=0.0).to(DT)
+    c_next = sigmoid(_gate(pw_ptr, pwb_ptr, 1, ch, ch_mask, C, conv_v, conv_h, DT)) * c_old
     c_next += sigmoid(_gate(pw_ptr, pwb_ptr, 0, ch, ch_mask, C, conv_v, conv_h, DT)) * tanh(
         _gate(pw_ptr, pwb_ptr, 3, ch, ch_mask, C, conv_v, conv_h, DT)
     )
-    tl.store(c_out + offs, c_next, mask=tile_mask)
     h_next = sigmoid(_gate(pw_ptr, pwb_ptr, 2, ch, ch_mask, C, conv_v, conv_h, DT)) * tanh(c_next)
+    if LOCAL:
+        m = tl.minimum(mass, 1.0)[None, :]
+        c_next = c_old + m * (c_next - c_old)
+        h_old = tl.load(h_row + ch[:, None] * S + s[None, :], mask=tile_mask, other=0.0).to(DT)
+        h_next = h_old + m * (h_next - h_old)
+    tl.store(c_out + offs, c_next, mask=tile_mask)
     tl.store(h_out + offs, h_next, mask=tile_mask)
 
 
@@ -188,13 +208,15 @@ def memory_step(
     weights: ConvWeights,
     radius: int | None = None,
     padding_mode: str = "border",
+    strength: torch.Tensor | None = None,
     *,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One fused memory step without gradients, equal to :func:`tmem_agents.ops.reference.memory_step`.
 
     h, c ``(B, C, D, H, W)``; read_locations ``(B, R, 3)``; values ``(B, N, C)``; write_locations
-    ``(B, N, 3)``; sigma ``(B, N)``; weights over ``2C`` conv channels and ``4C`` gates. Returns
+    ``(B, N, 3)``; sigma ``(B, N)``; weights over ``2C`` conv channels and ``4C`` gates; strength ``(B, N)``
+    or ``None`` (the local update, :func:`tmem_agents.ops.reference.local_update`). Returns
     ``(read (B, R, C), h_next, c_next)``, in the dtypes of ``h`` and ``c``; the read sees ``h`` before the
     write. ``out`` takes three contiguous tensors of those shapes to write into (rollouts can swap two
     state buffers), which must not overlap ``h`` or ``c``.
@@ -209,6 +231,8 @@ def memory_step(
     h, c = prepare(h), prepare(c)
     read_locations, values = prepare(read_locations), prepare(values)
     write_locations, sigma = prepare(write_locations), prepare(sigma)
+    local = strength is not None
+    strength = prepare(strength) if local else sigma
     params = [prepare(p, dt) for p in weights]
     if out is None:
         read = torch.empty(batch, num_reads, channels, device=h.device, dtype=h.dtype)
@@ -225,9 +249,9 @@ def memory_step(
     block_s = cell_block(cells, block_c)
     block_r = block(num_reads, minimum=1, maximum=256 if interpreted() else 32)
     _step_kernel[(batch, triton.cdiv(cells, block_s))](
-        h, c, read_locations, values, write_locations, sigma, *params, read, h_next, c_next,
+        h, c, read_locations, values, write_locations, sigma, strength, *params, read, h_next, c_next,
         num_reads, num, channels, depth, height, width, radius or 0,
-        WINDOWED=radius is not None, BORDER=padding_mode == "border", DT=tl_dtype(dt),
+        WINDOWED=radius is not None, BORDER=padding_mode == "border", LOCAL=local, DT=tl_dtype(dt),
         BLOCK_R=block_r, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=8,
     )  # fmt: skip
     return read, h_next, c_next
