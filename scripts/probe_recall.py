@@ -97,7 +97,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{args.model} {' '.join(args.kwargs + args.memory)}: {args.n_cues} cues, delay {args.delay} (chance {1 / args.n_cues:.2f})")
+    options_text = " ".join(args.kwargs + args.memory)
+    print(f"{args.model} {options_text}: {args.n_cues} cues, delay {args.delay} (chance {1 / args.n_cues:.2f})")
     for seed in args.seeds:
         start = time.perf_counter()
         curve = probe(args, seed)

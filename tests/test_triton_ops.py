@@ -275,7 +275,8 @@ def step_inputs(seed: int, batch: int, reads: int, num: int, channels: int, dtyp
 
 def step_strength(seed: int, batch: int, num: int, dtype: torch.dtype) -> torch.Tensor:
     """Write strengths in [0, 1] with some of their sums over the tokens above 1 (the mass is capped)."""
-    return torch.rand(batch, num, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype).to(DEVICE)
+    strength = torch.rand(batch, num, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return strength.to(dtype).to(DEVICE)
 
 
 # (batch, reads, tokens, channels, grid, radius, padding, local update)
@@ -466,7 +467,8 @@ def test_dispatch_uses_the_kernels() -> None:
             assert_close(g.detach(), w, rtol=0.0, atol=1e-4)
         composed[1].sum().backward()
         ref_values = inputs[1].clone().requires_grad_()
-        reference.memory_step(h, c, inputs[0], ref_values, *inputs[2:], weights, 2, "border", strength)[1].sum().backward()
+        ref_h = reference.memory_step(h, c, inputs[0], ref_values, *inputs[2:], weights, 2, "border", strength)[1]
+        ref_h.sum().backward()
         assert_close(values_grad.grad, ref_values.grad, **F32_GRAD)
 
 

@@ -44,8 +44,10 @@ class TensorMemory(nn.Module):
         # (SB3's orthogonal init) keep writes starting with a non-zero spread
         self.spread = nn.Linear(token_dim, 1, bias=False)
         self.spread_bias = nn.Parameter(torch.tensor(float(config.sigma_bias_init)))
-        self.strength = nn.Linear(token_dim, 1, bias=False) if config.local_update else None
-        self.strength_bias = nn.Parameter(torch.tensor(float(config.strength_bias_init))) if config.local_update else None
+        self.strength = self.strength_bias = None
+        if config.local_update:
+            self.strength = nn.Linear(token_dim, 1, bias=False)
+            self.strength_bias = nn.Parameter(torch.tensor(float(config.strength_bias_init)))
         self.update = FactorizedGateConv(channels, config.forget_bias_init)
         self.out_proj = nn.Linear(channels, token_dim)
 
