@@ -25,12 +25,20 @@ from torch import nn
 from tmem_agents.policies import EXTRACTORS
 
 
-def sequences(n_cues: int, delay: int, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Observations ``(delay + 2, B, n_cues + 1)`` and the cues ``(B,)``."""
+def sequences(
+    n_cues: int, delay: int, batch: int, generator: torch.Generator, normalize: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Observations ``(delay + 2, B, n_cues + 1)`` and the cues ``(B,)``. ``normalize`` standardizes each
+    observation dim with its mean and standard deviation over the episode and clips at 10, as SB3's
+    ``VecNormalize`` ends up doing in training (the rare cue and query entries become large)."""
     cues = torch.randint(n_cues, (batch,), generator=generator)
     obs = torch.zeros(delay + 2, batch, n_cues + 1)
     obs[0, torch.arange(batch), cues] = 1.0
     obs[-1, :, -1] = 1.0
+    if normalize:
+        rate = torch.full((n_cues + 1,), 1.0 / (delay + 2))
+        rate[:n_cues] /= n_cues
+        obs = ((obs - rate) / (rate * (1 - rate)).sqrt()).clamp(-10.0, 10.0)
     return obs, cues
 
 
@@ -62,7 +70,7 @@ def probe(args: argparse.Namespace, seed: int) -> list[tuple[int, float]]:
     steps = args.delay + 2
     curve = []
     for iteration in range(1, args.iterations + 1):
-        obs, cues = sequences(args.n_cues, args.delay, args.batch, generator)
+        obs, cues = sequences(args.n_cues, args.delay, args.batch, generator, args.normalize)
         starts = torch.zeros(steps, args.batch)
         starts[0] = 1.0
         features, _ = extractor.sequence(obs, extractor.initial_state(args.batch), starts)
@@ -74,7 +82,7 @@ def probe(args: argparse.Namespace, seed: int) -> list[tuple[int, float]]:
         optimizer.step()
         if iteration % args.every == 0:
             with torch.no_grad():
-                obs, cues = sequences(args.n_cues, args.delay, 512, generator)
+                obs, cues = sequences(args.n_cues, args.delay, 512, generator, args.normalize)
                 starts = torch.zeros(steps, 512)
                 starts[0] = 1.0
                 features, _ = extractor.sequence(obs, extractor.initial_state(512), starts)
@@ -88,6 +96,7 @@ def main() -> None:
     parser.add_argument("--model", default="tensor_memory", choices=sorted(EXTRACTORS))
     parser.add_argument("--kwargs", nargs="*", default=[], help="extractor options as key=value")
     parser.add_argument("--memory", nargs="*", default=[], help="Tensor Memory options as key=value")
+    parser.add_argument("--normalize", action="store_true", help="standardized observations, as VecNormalize")
     parser.add_argument("--n-cues", type=int, default=4)
     parser.add_argument("--delay", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)

@@ -66,8 +66,10 @@ def _fast(masses, from_writes, h, c, pointwise, *weights):
 def _with_masses(form):
     masses = _masses(form)
     inputs = _inputs() if masses is None else (masses.requires_grad_(), *_inputs())
-    return inputs, (lambda *args: _plain(None, *args)) if masses is None else _plain, (
-        (lambda *args: _fast(None, *args)) if masses is None else _fast
+    return (
+        inputs,
+        (lambda *args: _plain(None, *args)) if masses is None else _plain,
+        ((lambda *args: _fast(None, *args)) if masses is None else _fast),
     )
 
 
