@@ -92,7 +92,9 @@ def test_recurrence_gradcheck(depthwise_form, update_form):
 @pytest.mark.parametrize("local", [False, True])
 def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local):
     torch.manual_seed(1)
-    config = TensorMemoryConfig(grid=(3, 4, 5), channels=3, chunk_size=2, write_radius=1, local_update=local)
+    config = TensorMemoryConfig(
+        grid=(3, 4, 5), channels=3, chunk_size=2, write_radius=1, local_update=local, read_norm=local
+    )
     memory = TensorMemory(config, 6).double()
     tokens = torch.randn(2, 8, 6, dtype=torch.float64)
     starts = torch.tensor([[0, 0, 1, 0], [0, 1, 0, 0]], dtype=torch.float64)
@@ -120,7 +122,7 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local):
             backend="torch",
         )
         reads.append(read)
-    expected = memory.out_proj(torch.cat(reads, 1)).repeat_interleave(2, dim=1)
+    expected = memory.out_proj(memory.read_norm(torch.cat(reads, 1))).repeat_interleave(2, dim=1)
     assert torch.allclose(out, expected, atol=1e-10)
     assert torch.allclose(new_state["h"], h, atol=1e-10) and torch.allclose(new_state["c"], c, atol=1e-10)
 

@@ -93,6 +93,11 @@ def test_memory_output_depends_on_what_was_written():
     assert not torch.allclose(read_blank, read_written)
 
 
+def test_integer_gate_init_makes_a_float_gate():
+    block = MemoryBlock(PreNormBlock(8, heads=2), _memory(gate_init=2))
+    assert block.gate.dtype == torch.float32 and block.gate.item() == 2.0
+
+
 def test_detached_block_is_bit_identical_to_the_bare_block():
     torch.manual_seed(1)
     block = PreNormBlock(8, heads=2)
@@ -149,6 +154,7 @@ def test_bad_inputs_raise_clear_errors():
         ("padding_mode", "reflect"),
         ("gate_init", float("nan")),
         ("local_update", "yes"),
+        ("read_norm", 1),
         ("strength_bias_init", float("inf")),
     ],
 )

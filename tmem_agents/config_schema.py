@@ -88,6 +88,7 @@ class MemoryGridConfig:
     forget_bias_init: float = 1.0
     local_update: bool = False
     strength_bias_init: float = 0.0
+    read_norm: bool = False
     backend: str = "auto"
 
 

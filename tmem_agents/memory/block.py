@@ -24,13 +24,13 @@ class MemoryBlock(nn.Module):
         self.block = block
         self.memory = memory
         self.norm = nn.LayerNorm(memory.token_dim) if memory is not None else None
-        self.gate = nn.Parameter(torch.tensor(memory.config.gate_init)) if memory is not None else None
+        self.gate = nn.Parameter(torch.tensor(float(memory.config.gate_init))) if memory is not None else None
 
     def attach(self, memory: TensorMemory) -> None:
         """Attach ``memory`` (a new fusion norm and gate are made if this layer has none)."""
         if self.norm is None:
             self.norm = nn.LayerNorm(memory.token_dim).to(memory.out_proj.weight.device)
-            self.gate = nn.Parameter(torch.tensor(memory.config.gate_init, device=memory.out_proj.weight.device))
+            self.gate = nn.Parameter(torch.tensor(float(memory.config.gate_init), device=memory.out_proj.weight.device))
         self.memory = memory
 
     def detach_memory(self) -> TensorMemory | None:

@@ -28,6 +28,8 @@ class TensorMemoryConfig:
             by ``m`` towards the LSTM update (``h + m (h' - h)``), so cells no write reaches keep their state
             and a token can decline to write. ``False`` (reference) updates every cell at every step.
         strength_bias_init: initial bias of the write-strength head (``sigmoid(0) = 0.5``).
+        read_norm: a LayerNorm over the read's ``C`` channels before ``out_proj``, so what the memory holds
+            reaches the tokens at unit scale however small ``h`` is (``False``: the reference's plain projection).
         padding_mode: read padding, ``"border"`` (reference) or ``"zeros"``.
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`tmem_agents.ops.dispatch`).
         check_inputs: raise on NaN or infinite tokens (one reduction per call).
@@ -43,6 +45,7 @@ class TensorMemoryConfig:
     forget_bias_init: float = 0.0
     local_update: bool = False
     strength_bias_init: float = 0.0
+    read_norm: bool = False
     padding_mode: str = "border"
     backend: str = "auto"
     check_inputs: bool = True
@@ -63,8 +66,9 @@ class TensorMemoryConfig:
         _require_finite("sigma_bias_init", self.sigma_bias_init)
         _require_finite("gate_init", self.gate_init)
         _require_finite("forget_bias_init", self.forget_bias_init)
-        if not isinstance(self.local_update, bool):
-            raise ValueError(f"TensorMemoryConfig.local_update must be true or false; got {self.local_update!r}")
+        for name in ("local_update", "read_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TensorMemoryConfig.{name} must be true or false; got {getattr(self, name)!r}")
         _require_finite("strength_bias_init", self.strength_bias_init)
         if self.write_radius is not None:
             _require_int("write_radius", self.write_radius, 0, "or None for the dense write")

@@ -49,6 +49,7 @@ class TensorMemory(nn.Module):
             self.strength = nn.Linear(token_dim, 1, bias=False)
             self.strength_bias = nn.Parameter(torch.tensor(float(config.strength_bias_init)))
         self.update = FactorizedGateConv(channels, config.forget_bias_init)
+        self.read_norm = nn.LayerNorm(channels) if config.read_norm else nn.Identity()
         self.out_proj = nn.Linear(channels, token_dim)
 
     @property
@@ -125,7 +126,7 @@ class TensorMemory(nn.Module):
             reads, h, c = self._scan(h, c, read_loc, writes, chunk_starts)
         else:
             reads, h, c = self._steps(h, c, read_loc, writes, chunk_starts)
-        out = self.out_proj(reads).repeat_interleave(chunk, dim=1)[:, :num]
+        out = self.out_proj(self.read_norm(reads)).repeat_interleave(chunk, dim=1)[:, :num]
         return out, TensorDict({"h": h, "c": c}, batch_size=state.batch_size, device=state.device)
 
     def _scan(self, h, c, read_loc, writes, chunk_starts):
