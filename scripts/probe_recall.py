@@ -1,14 +1,21 @@
-"""Supervised recall probe: how well a memory carries a cue across a delay, without RL in the way.
+"""Supervised recall probes: how well a memory carries what it saw across a delay, without RL in the way.
 
-Each sequence shows one of ``n_cues`` one-hot cues at its first step, then ``delay`` blank steps, then a
-query flag; the extractor's features at the query step go through a linear readout trained with
-cross-entropy to name the cue (chance ``1 / n_cues``). The extractor runs its training form
-(``sequence``) on whole sequences, so this measures what backpropagation through the memory can learn,
-separate from PPO's credit assignment. Prints the accuracy on fresh sequences during training.
+The extractor runs its training form (``sequence``) on whole episodes of a recall task, and a linear
+readout of its features at the query step is trained on the answer. This measures what backpropagation
+through the memory can learn, separate from PPO's credit assignment and exploration.
 
-    python scripts/probe_recall.py --model tensor_memory --delay 32 --seeds 0 1 2
-    python scripts/probe_recall.py --model tensor_memory --memory local_update=true forget_bias_init=3
-    python scripts/probe_recall.py --model lstm --delay 32 --kwargs forget_bias=3
+* ``--task cue``: one of ``n_cues`` one-hot cues at the first step, ``delay`` blank steps, a query flag;
+  cross-entropy on the cue. Score: accuracy (chance ``1 / n_cues``).
+* ``--task spatial``: the observations of ``tmem/SpatialRecall-v0`` (3 objects at uniform positions in
+  ``[-1, 1]^2`` shown for 3 steps, ``delay`` blank steps, a one-hot query naming one); squared error on
+  the named object's position. Score: ``1 - distance``, the env's reward (pointing at the centre: 0.24).
+
+Prints the score on 512 fresh episodes every ``--every`` iterations.
+
+    python scripts/probe_recall.py --model tensor_memory --delay 32 --normalize --seeds 0 1 2
+    python scripts/probe_recall.py --memory local_update=true read_norm=true forget_bias_init=3 --normalize
+    python scripts/probe_recall.py --model lstm --kwargs forget_bias=3 --normalize
+    python scripts/probe_recall.py --task spatial --delay 10 --model tensor_memory
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from torch import nn
 
 from tmem_agents.policies import EXTRACTORS
 
+SPATIAL_OBJECTS, SPATIAL_SHOW_STEPS = 3, 3
 
-def sequences(
+
+def cue_episodes(
     n_cues: int, delay: int, batch: int, generator: torch.Generator, normalize: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Observations ``(delay + 2, B, n_cues + 1)`` and the cues ``(B,)``. ``normalize`` standardizes each
@@ -42,6 +51,45 @@ def sequences(
     return obs, cues
 
 
+def spatial_episodes(delay: int, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Observations ``(3 + delay + 1, B, 11)`` laid out as ``SpatialRecallEnv``'s, and the named object's
+    position ``(B, 2)``."""
+    n = SPATIAL_OBJECTS
+    positions = torch.rand(batch, n, 2, generator=generator) * 2 - 1
+    query = torch.randint(n, (batch,), generator=generator)
+    obs = torch.zeros(SPATIAL_SHOW_STEPS + delay + 1, batch, 3 * n + 2)
+    obs[:SPATIAL_SHOW_STEPS, :, : 2 * n] = positions.view(batch, -1)
+    obs[:SPATIAL_SHOW_STEPS, :, -2] = 1.0
+    obs[-1, torch.arange(batch), 2 * n + query] = 1.0
+    obs[-1, :, -1] = 1.0
+    return obs, positions[torch.arange(batch), query]
+
+
+class Probe:
+    """One recall task: its episodes, the readout's size, the training loss and the score."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.spatial = args.task == "spatial"
+        self.obs_dim = 3 * SPATIAL_OBJECTS + 2 if self.spatial else args.n_cues + 1
+        self.out_dim = 2 if self.spatial else args.n_cues
+
+    def episodes(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.spatial:
+            return spatial_episodes(self.args.delay, batch, generator)
+        return cue_episodes(self.args.n_cues, self.args.delay, batch, generator, self.args.normalize)
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.spatial:
+            return (out - target).pow(2).sum(-1).mean()
+        return nn.functional.cross_entropy(out, target)
+
+    def score(self, out: torch.Tensor, target: torch.Tensor) -> float:
+        if self.spatial:
+            return (1 - (out.clamp(-1, 1) - target).norm(dim=-1)).mean().item()
+        return (out.argmax(-1) == target).float().mean().item()
+
+
 def options(pairs: list[str]) -> dict:
     """``key=value`` pairs (Python literals, or ``true``/``false``) -> a dict."""
     options = {}
@@ -56,62 +104,65 @@ def options(pairs: list[str]) -> dict:
     return options
 
 
-def probe(args: argparse.Namespace, seed: int) -> list[tuple[int, float]]:
-    """Train one extractor and readout from ``seed``; returns ``(iteration, accuracy)`` pairs."""
+def answer(extractor: nn.Module, readout: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+    """The readout of the features at the last step of episodes ``obs (T, B, obs_dim)``."""
+    starts = torch.zeros(obs.shape[:2])
+    starts[0] = 1.0
+    features, _ = extractor.sequence(obs, extractor.initial_state(obs.shape[1]), starts)
+    return readout(features[-1])
+
+
+def train(probe: Probe, seed: int) -> list[tuple[int, float]]:
+    """Train one extractor and readout from ``seed``; returns ``(iteration, score)`` pairs."""
+    args = probe.args
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    space = gym.spaces.Box(0.0, 1.0, shape=(args.n_cues + 1,), dtype=np.float32)
+    space = gym.spaces.Box(-1.0, 1.0, shape=(probe.obs_dim,), dtype=np.float32)
     kwargs = {"features_dim": 64, **options(args.kwargs)}
     if args.memory:
         kwargs["memory"] = options(args.memory)
     extractor = EXTRACTORS[args.model](space, **kwargs)
-    readout = nn.Linear(64, args.n_cues)
-    optimizer = torch.optim.Adam([*extractor.parameters(), *readout.parameters()], lr=args.lr)
-    steps = args.delay + 2
+    readout = nn.Linear(64, probe.out_dim)
+    params = [*extractor.parameters(), *readout.parameters()]
+    optimizer = torch.optim.Adam(params, lr=args.lr)
     curve = []
     for iteration in range(1, args.iterations + 1):
-        obs, cues = sequences(args.n_cues, args.delay, args.batch, generator, args.normalize)
-        starts = torch.zeros(steps, args.batch)
-        starts[0] = 1.0
-        features, _ = extractor.sequence(obs, extractor.initial_state(args.batch), starts)
-        logits = readout(features[-1])
-        loss = nn.functional.cross_entropy(logits, cues)
+        obs, target = probe.episodes(args.batch, generator)
+        loss = probe.loss(answer(extractor, readout, obs), target)
         optimizer.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_([*extractor.parameters(), *readout.parameters()], 0.5)
+        nn.utils.clip_grad_norm_(params, 0.5)
         optimizer.step()
         if iteration % args.every == 0:
             with torch.no_grad():
-                obs, cues = sequences(args.n_cues, args.delay, 512, generator, args.normalize)
-                starts = torch.zeros(steps, 512)
-                starts[0] = 1.0
-                features, _ = extractor.sequence(obs, extractor.initial_state(512), starts)
-                accuracy = (readout(features[-1]).argmax(-1) == cues).float().mean().item()
-            curve.append((iteration, accuracy))
+                obs, target = probe.episodes(512, generator)
+                curve.append((iteration, probe.score(answer(extractor, readout, obs), target)))
     return curve
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="cue", choices=("cue", "spatial"))
     parser.add_argument("--model", default="tensor_memory", choices=sorted(EXTRACTORS))
     parser.add_argument("--kwargs", nargs="*", default=[], help="extractor options as key=value")
     parser.add_argument("--memory", nargs="*", default=[], help="Tensor Memory options as key=value")
-    parser.add_argument("--normalize", action="store_true", help="standardized observations, as VecNormalize")
+    parser.add_argument("--normalize", action="store_true", help="cue task: standardized observations")
     parser.add_argument("--n-cues", type=int, default=4)
     parser.add_argument("--delay", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--iterations", type=int, default=600)
-    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--every", type=int, default=25)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    options_text = " ".join(args.kwargs + args.memory)
-    print(f"{args.model} {options_text}: {args.n_cues} cues, delay {args.delay} (chance {1 / args.n_cues:.2f})")
+    probe = Probe(args)
+    settings = " ".join([args.model, *args.kwargs, *args.memory])
+    print(f"{args.task} recall, delay {args.delay}{' (normalized)' if args.normalize else ''}: {settings}")
     for seed in args.seeds:
         start = time.perf_counter()
-        curve = probe(args, seed)
-        points = "  ".join(f"{i}: {acc:.2f}" for i, acc in curve)
+        curve = train(probe, seed)
+        points = "  ".join(f"{i}: {score:.2f}" for i, score in curve)
         print(f"seed {seed}  {points}  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 

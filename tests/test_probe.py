@@ -1,0 +1,50 @@
+"""The supervised recall probes of ``scripts/probe_recall.py``: episodes laid out as the envs', and a short run."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tmem_agents.envs.spatial_recall import SpatialRecallEnv
+
+_SPEC = importlib.util.spec_from_file_location(
+    "probe_recall", Path(__file__).resolve().parents[1] / "scripts" / "probe_recall.py"
+)
+probe_recall = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(probe_recall)
+
+
+def _args(**overrides) -> argparse.Namespace:
+    defaults = {"task": "cue", "model": "lstm", "kwargs": [], "memory": [], "normalize": False, "n_cues": 2,
+                "delay": 4, "batch": 16, "lr": 1e-2, "iterations": 30, "every": 10}  # fmt: skip
+    return argparse.Namespace(**{**defaults, **overrides})
+
+
+def test_spatial_episodes_match_the_env_layout():
+    env = SpatialRecallEnv(n_objects=3, show_steps=3, delay=10)
+    obs, _ = env.reset(seed=0)
+    episode = [obs]
+    for _ in range(13):
+        obs, *_ = env.step(np.zeros(2))
+        episode.append(obs)
+    probe_obs, target = probe_recall.spatial_episodes(10, 4, torch.Generator().manual_seed(0))
+    assert probe_obs.shape == (len(episode), 4, env.observation_space.shape[0]) and target.shape == (4, 2)
+    for t, env_obs in enumerate(episode):
+        # per block (positions, query one-hot, flags): how many entries are set
+        blocks = [slice(0, 6), slice(6, 9), slice(9, 11)]
+        env_counts = [int((env_obs[b] != 0).sum()) for b in blocks]
+        for row in probe_obs[t]:
+            assert [int((row[b] != 0).sum()) for b in blocks] == env_counts, f"step {t} differs from the env's"
+    positions = probe_obs[0, :, :6].view(4, 3, 2)
+    assert torch.equal(target, positions[torch.arange(4), probe_obs[-1, :, 6:9].argmax(-1)])
+
+
+def test_a_memory_learns_the_cue_probe_and_every_model_runs_both_probes():
+    curve = probe_recall.train(probe_recall.Probe(_args()), seed=0)
+    assert [i for i, _ in curve] == [10, 20, 30] and curve[-1][1] == 1.0
+    memory = ["local_update=true", "read_norm=true", "grid=[2,2,2]", "channels=2"]
+    for task in ("cue", "spatial"):
+        args = _args(task=task, model="tensor_memory", memory=memory, iterations=2, every=1, normalize=task == "cue")
+        assert len(probe_recall.train(probe_recall.Probe(args), seed=0)) == 2
