@@ -159,7 +159,8 @@ class _Recurrence(torch.autograd.Function):
                 h_prev = ctx.read_from[step].view(channels, -1)
                 d_mass = (dc * (ctx.candidates[step] - ctx.cells[step])).sum(0)
                 grad_masses.append(d_mass.add_((dh * (o * tanh_c - h_prev)).sum(0)))
-                dh_kept, dc_kept = dh * (1 - masses[step]), dc * (1 - masses[step])
+                kept = 1 - masses[step]
+                dh_kept, dc_kept = dh * kept, dc * kept
                 dh, dc = dh * masses[step], dc * masses[step]
             # the activations' slopes: s (1 - s) for the sigmoids, 1 - t^2 for the tanhs
             torch.mul(activations, activations, out=slopes)

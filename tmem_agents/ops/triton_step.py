@@ -67,9 +67,11 @@ def _bias_terms(taps_h, taps_w, bias_d, bias_h, bias_w, ch, ch_mask, h, w, H, W,
 
 @triton.jit
 def _axis_factor(index, size, coord, den, radius, t0, t1, t2, WINDOWED: tl.constexpr, DT: tl.constexpr):
-    """Depthwise 3-tap conv of one token's per-axis Gaussian at cells ``index``: ``(channels, cells)``."""
+    """Depthwise 3-tap conv of one token's per-axis Gaussian at cells ``index``, ``(channels, cells)``, and the
+    Gaussian itself there, ``(cells,)``."""
     near = nearest_cell(coord, size)
     out = tl.zeros([t0.shape[0], index.shape[0]], dtype=DT)
+    centre = tl.zeros([index.shape[0]], dtype=DT)
     for o in tl.static_range(3):
         j = index + (o - 1)
         keep = (j >= 0) & (j < size)
@@ -81,19 +83,10 @@ def _axis_factor(index, size, coord, den, radius, t0, t1, t2, WINDOWED: tl.const
             out += t0[:, None] * gauss[None, :]
         elif o == 1:
             out += t1[:, None] * gauss[None, :]
+            centre = gauss
         else:
             out += t2[:, None] * gauss[None, :]
-    return out
-
-
-@triton.jit
-def _axis_gauss(index, size, coord, den, radius, WINDOWED: tl.constexpr, DT: tl.constexpr):
-    """One token's per-axis Gaussian at cells ``index`` (0 outside its window): ``(cells,)``."""
-    delta = axis_position(index, size, DT) - coord
-    gauss = tl.exp(-(delta * delta) / den)
-    if WINDOWED:
-        gauss = tl.where(tl.abs(index - nearest_cell(coord, size)) <= radius, gauss, 0.0)
-    return gauss
+    return out, centre
 
 
 @triton.jit
@@ -152,12 +145,12 @@ def _step_kernel(
         sigma = tl.load(sig_ptr + b * N + n).to(DT)
         den = 2.0 * sigma * sigma + SPREAD_EPS
         value = tl.load(val_ptr + (b * N + n) * C + ch, mask=ch_mask, other=0.0).to(DT)
-        factor = _axis_factor(d, D, z, den, radius, d0, d1, d2, WINDOWED, DT) * value[:, None]
-        factor = factor * _axis_factor(h, H, y, den, radius, h0, h1, h2, WINDOWED, DT)
-        conv_v += factor * _axis_factor(w, W, x, den, radius, w0, w1, w2, WINDOWED, DT)
+        factor_d, gauss_d = _axis_factor(d, D, z, den, radius, d0, d1, d2, WINDOWED, DT)
+        factor_h, gauss_h = _axis_factor(h, H, y, den, radius, h0, h1, h2, WINDOWED, DT)
+        factor_w, gauss_w = _axis_factor(w, W, x, den, radius, w0, w1, w2, WINDOWED, DT)
+        conv_v += factor_d * value[:, None] * factor_h * factor_w
         if LOCAL:
-            gauss = _axis_gauss(d, D, z, den, radius, WINDOWED, DT) * _axis_gauss(h, H, y, den, radius, WINDOWED, DT)
-            mass += tl.load(str_ptr + b * N + n).to(DT) * gauss * _axis_gauss(w, W, x, den, radius, WINDOWED, DT)
+            mass += tl.load(str_ptr + b * N + n).to(DT) * gauss_d * gauss_h * gauss_w
     conv_v = tl.where(tile_mask, conv_v, 0.0)
 
     # h's channels (C + ch): the 3x3x3 stencil of the chained depthwise convs (runtime loops: unrolled,
