@@ -45,6 +45,7 @@ def test_wheel_holds_every_package(wheel: zipfile.ZipFile) -> None:
         }
         assert sources <= shipped, f"not shipped from {folder}/: {sorted(map(str, sources - shipped))}"
     assert not any(n.split("/")[0] in ("envs", "policies", "configs", "tests", "scripts") for n in names)
+    assert "tmem_agents/ops/recurrence.c" in names, "the C kernel's source must ship with the package"
 
 
 def test_console_scripts_are_declared(wheel: zipfile.ZipFile) -> None:

@@ -60,7 +60,7 @@ def _plain(masses, from_writes, h, c, pointwise, *weights):
 
 def _fast(masses, from_writes, h, c, pointwise, *weights):
     weights = DepthwiseWeights(*weights)
-    return recurrence(from_writes, h, c, KEEP, pointwise, weights, dense_operator(weights, GRID), masses)
+    return recurrence(from_writes, h, c, KEEP, pointwise, weights, masses)
 
 
 def _with_masses(form):

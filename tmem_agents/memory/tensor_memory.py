@@ -151,13 +151,8 @@ class TensorMemory(nn.Module):
                 radius=cfg.write_radius,
                 backend=cfg.backend,
             ).view(steps, batch, 1, *cfg.grid)
-        # the depthwise convs of the written channels and of the state's, as matrices on small grids
-        operator = dense_operator(weights.depthwise(slice(None)), cfg.grid)
-        on_writes = on_state = None
-        if operator is not None:
-            matrix, offset = operator
-            on_writes, on_state = (matrix[:channels], offset[:channels]), (matrix[channels:], offset[channels:])
-        from_writes = write_gates(volumes, weights, on_writes)
+        # the depthwise convs of the written channels, as matrices on small grids
+        from_writes = write_gates(volumes, weights, dense_operator(weights.depthwise(slice(0, channels)), cfg.grid))
         keep = torch.ones(steps, batch, device=h.device) if chunk_starts is None else 1.0 - chunk_starts.T.to(h.dtype)
         read_from, h, c = recurrence(
             from_writes.view(steps, batch, 4 * channels, *cfg.grid),
@@ -166,7 +161,6 @@ class TensorMemory(nn.Module):
             keep,
             weights.pointwise[:, channels:],
             weights.depthwise(slice(channels, 2 * channels)),
-            on_state,
             masses,
         )
         reads = trilinear_read(

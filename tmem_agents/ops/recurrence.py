@@ -9,7 +9,9 @@ the recurrence is, for steps ``k = 0 .. K-1``::
     h, c = h', c'   or, with write masses m_k (the local update),   h, c = h + m_k (h' - h), c + m_k (c' - c)
 
 Run op by op under autograd this costs one graph node per small op and step, which on the CPU
-dominates training. Here the forward runs without a graph, channel-major: the state is ``(C, B*D*H*W)``
+dominates training. Here the forward runs without a graph. On the CPU the steps run in C
+(:mod:`~tmem_agents.ops.cpu_kernel`, a few passes per step). The PyTorch form (other devices, or no C
+compiler) is channel-major: the state is ``(C, B*D*H*W)``
 and the gates ``(4C, B*D*H*W)``, so the pointwise mix is one matrix product that also adds the write
 share, and every gate is a contiguous block (elementwise ops on strided slices cost several times more).
 On grids of up to :data:`DENSE_CELLS` cells the depthwise convs run as one per-channel matrix product
@@ -23,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from tmem_agents.ops import cpu_kernel
 from tmem_agents.ops.reference import ConvWeights, DepthwiseWeights, depthwise, depthwise_operator, depthwise_transpose
 
 DENSE_CELLS = 128
@@ -100,11 +103,19 @@ def write_gates(volumes: torch.Tensor, weights: ConvWeights, operator: Operator)
 class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, from_writes, h, c, keep, masses, pointwise, matrix, offset, *depthwise_weights):  # noqa: ANN001
-        weights = DepthwiseWeights(*depthwise_weights)
-        operator = None if matrix is None else (matrix, offset)
         steps, channels = from_writes.shape[0], h.shape[1]
         writes = from_writes.permute(2, 0, 1, 3, 4, 5).reshape(4 * channels, steps, -1)  # free after write_gates
-        h, c = _channel_major(h), _channel_major(c).view(channels, -1)
+        h, c = _channel_major(h), _channel_major(c)
+        ctx.save_for_backward(keep, masses, pointwise, *depthwise_weights)
+        ctx.kernel = matrix is None and cpu_kernel.available(h)
+        if ctx.kernel:
+            taps, biases = _taps_and_biases(DepthwiseWeights(*depthwise_weights))
+            resets = (keep < 1).any(dim=1).to(torch.uint8)
+            ctx.kernel_saved, h, c = cpu_kernel.forward(writes, h, c, keep, resets, masses, pointwise, taps, biases)
+            return ctx.kernel_saved.read_from.permute(1, 2, 0, 3, 4, 5), h.transpose(0, 1), c.transpose(0, 1)
+        operator = None if matrix is None else (matrix, offset)
+        weights = DepthwiseWeights(*depthwise_weights)
+        c = c.view(channels, -1)
         resets = (keep < 1).any(dim=1).tolist()
         # per step: sigmoid(i), sigmoid(f), sigmoid(o), tanh(g), tanh(c)
         activations = h.new_empty(steps, 5 * channels, c.shape[1])
@@ -129,7 +140,6 @@ class _Recurrence(torch.autograd.Function):
                 candidates.append(c_next)
                 c = torch.lerp(c, c_next, masses[step])
                 h = torch.lerp(h.view(channels, -1), o * tanh_c, masses[step]).view(h.shape)
-        ctx.save_for_backward(keep, masses, pointwise, *depthwise_weights)
         ctx.resets = resets
         ctx.matrix_t = None if operator is None else operator[0].transpose(1, 2).contiguous()
         ctx.read_from, ctx.cells, ctx.mixed, ctx.activations = read_from, cells, mixed, activations
@@ -141,71 +151,94 @@ class _Recurrence(torch.autograd.Function):
     def backward(ctx, grad_read_from, grad_h, grad_c):  # noqa: ANN001
         keep, masses, pointwise, *depthwise_weights = ctx.saved_tensors
         weights = DepthwiseWeights(*depthwise_weights)
-        shape = ctx.read_from[0].shape  # (C, B, D, H, W)
-        channels, steps = shape[0], len(ctx.cells)
-        dh = torch.zeros(shape, dtype=pointwise.dtype, device=pointwise.device) if grad_h is None else grad_h
-        dh = _channel_major(dh).view(channels, -1)
-        dc = torch.zeros_like(dh) if grad_c is None else _channel_major(grad_c).view(channels, -1)
-        from_reads = None if grad_read_from is None else _channel_major(grad_read_from).view(steps, channels, -1)
-        grad_gates, grad_mixed, grad_masses = [], [], []
-        slopes = dh.new_empty(5 * channels, dh.shape[1])
-        pointwise_t = pointwise.t()
-        transposed = _transposed(weights, ctx.matrix_t)
-        for step in reversed(range(steps)):
-            activations = ctx.activations[step]
-            i, f, o, g, tanh_c = activations.chunk(5)
-            if masses is not None:
-                # h, c = lerp(state, update, m): the update sees m of the gradient, the state the rest
-                h_prev = ctx.read_from[step].view(channels, -1)
-                d_mass = (dc * (ctx.candidates[step] - ctx.cells[step])).sum(0)
-                grad_masses.append(d_mass.add_((dh * (o * tanh_c - h_prev)).sum(0)))
-                kept = 1 - masses[step]
-                dh_kept, dc_kept = dh * kept, dc * kept
-                dh, dc = dh * masses[step], dc * masses[step]
-            # the activations' slopes: s (1 - s) for the sigmoids, 1 - t^2 for the tanhs
-            torch.mul(activations, activations, out=slopes)
-            torch.sub(activations[: 3 * channels], slopes[: 3 * channels], out=slopes[: 3 * channels])
-            slopes[3 * channels :].neg_().add_(1)
-            dc = torch.addcmul(dc, dh * o, slopes[4 * channels :])
-            d_gates = dh.new_empty(4 * channels, dh.shape[1])
-            d_i, d_f, d_o, d_g = d_gates.chunk(4)
-            torch.mul(dc, g, out=d_i)
-            torch.mul(dc, ctx.cells[step], out=d_f)
-            torch.mul(dh, tanh_c, out=d_o)
-            torch.mul(dc, i, out=d_g)
-            d_gates.mul_(slopes[: 4 * channels])
-            grad_gates.append(d_gates)
-            d_mixed = torch.mm(pointwise_t, d_gates)
-            grad_mixed.append(d_mixed)
-            dh = _mix_transpose(d_mixed, shape, transposed)
-            if from_reads is not None:
-                dh = dh + from_reads[step]
-            dc = dc * f
-            if masses is not None:
-                dh, dc = dh + dh_kept, dc + dc_kept
-            if ctx.resets[step]:
-                keep_rows = keep[step].view(1, -1, 1, 1, 1)
-                dh = (dh.view(shape) * keep_rows).view(channels, -1)
-                dc = (dc.view(shape) * keep_rows).view(channels, -1)
-        grad_gates.reverse()
-        grad_gates = torch.stack(grad_gates, dim=1)
-        grad_pointwise = grad_gates.view(4 * channels, -1) @ torch.stack(ctx.mixed, dim=1).view(channels, -1).t()
-        states = torch.stack(ctx.read_from, dim=1).view(channels, steps * shape[1], *shape[2:])
-        grad_mixed.reverse()
-        grad_depthwise = _depthwise_grads(
-            states, torch.stack(grad_mixed, dim=1).view(channels, -1), weights, ctx.matrix_t is not None
-        )
+        shape = (pointwise.shape[1], *grad_h.shape[:1], *grad_h.shape[2:])  # (C, B, D, H, W)
+        channels = shape[0]
+        dh = _channel_major(grad_h).view(channels, -1)
+        dc = _channel_major(grad_c).view(channels, -1)
+        from_reads = None if grad_read_from is None else _channel_major(grad_read_from).view(-1, channels, dh.shape[1])
+        if ctx.kernel:
+            taps, biases = _taps_and_biases(weights)
+            resets = (keep < 1).any(dim=1).to(torch.uint8)
+            grad_gates, grad_mixed, grad_masses, grad_taps, grad_biases, dh, dc = cpu_kernel.backward(
+                ctx.kernel_saved, keep, resets, masses, pointwise, taps, biases, from_reads, dh, dc
+            )
+            mixed = ctx.kernel_saved.mixed
+            grad_depthwise = (None, None, *[t for pair in zip(grad_taps, grad_biases, strict=True) for t in pair])
+        else:
+            grad_gates, grad_mixed, grad_masses, dh, dc = _backward_loop(
+                ctx, weights, masses, pointwise, keep, shape, dh, dc, from_reads
+            )
+            mixed = torch.stack(ctx.mixed, dim=1)
+            states = torch.stack(ctx.read_from, dim=1).view(channels, -1, *shape[2:])
+            grad_depthwise = _depthwise_grads(states, grad_mixed.view(channels, -1), weights, ctx.matrix_t is not None)
+        grad_pointwise = grad_gates.view(4 * channels, -1) @ mixed.view(channels, -1).t()
+        steps = grad_gates.shape[1]
         grad_writes = grad_gates.view(4 * channels, steps, *shape[1:]).permute(1, 2, 0, 3, 4, 5)
-        grad_masses.reverse()
         return (
             grad_writes,
             dh.view(shape).transpose(0, 1),
             dc.view(shape).transpose(0, 1),
             None,
-            torch.stack(grad_masses).unsqueeze(1) if masses is not None and ctx.needs_input_grad[4] else None,
+            grad_masses.view(steps, 1, -1) if masses is not None and ctx.needs_input_grad[4] else None,
             grad_pointwise,
             *grad_depthwise,
         )
+
+
+def _taps_and_biases(weights: DepthwiseWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    """The C kernel's layout of the depthwise weights: taps ``(3, C, 3)`` and biases ``(3, C)``, axes D, H, W."""
+    return torch.stack(weights[0::2]).contiguous(), torch.stack(weights[1::2]).contiguous()
+
+
+def _backward_loop(ctx, weights, masses, pointwise, keep, shape, dh, dc, from_reads):  # noqa: ANN001, ANN202
+    """The PyTorch form of the backward's walk over the steps: the gradients of the gates ``(4C, K, N)``, of the
+    convs' outputs ``(C, K, N)`` and of the masses ``(K, N)`` (``N = B D H W``), and of the initial ``h, c``."""
+    channels, steps = shape[0], len(ctx.cells)
+    grad_gates, grad_mixed, grad_masses = [], [], []
+    slopes = dh.new_empty(5 * channels, dh.shape[1])
+    pointwise_t = pointwise.t()
+    transposed = _transposed(weights, ctx.matrix_t)
+    for step in reversed(range(steps)):
+        activations = ctx.activations[step]
+        i, f, o, g, tanh_c = activations.chunk(5)
+        if masses is not None:
+            # h, c = lerp(state, update, m): the update sees m of the gradient, the state the rest
+            h_prev = ctx.read_from[step].view(channels, -1)
+            d_mass = (dc * (ctx.candidates[step] - ctx.cells[step])).sum(0)
+            grad_masses.append(d_mass.add_((dh * (o * tanh_c - h_prev)).sum(0)))
+            kept = 1 - masses[step]
+            dh_kept, dc_kept = dh * kept, dc * kept
+            dh, dc = dh * masses[step], dc * masses[step]
+        # the activations' slopes: s (1 - s) for the sigmoids, 1 - t^2 for the tanhs
+        torch.mul(activations, activations, out=slopes)
+        torch.sub(activations[: 3 * channels], slopes[: 3 * channels], out=slopes[: 3 * channels])
+        slopes[3 * channels :].neg_().add_(1)
+        dc = torch.addcmul(dc, dh * o, slopes[4 * channels :])
+        d_gates = dh.new_empty(4 * channels, dh.shape[1])
+        d_i, d_f, d_o, d_g = d_gates.chunk(4)
+        torch.mul(dc, g, out=d_i)
+        torch.mul(dc, ctx.cells[step], out=d_f)
+        torch.mul(dh, tanh_c, out=d_o)
+        torch.mul(dc, i, out=d_g)
+        d_gates.mul_(slopes[: 4 * channels])
+        grad_gates.append(d_gates)
+        d_mixed = torch.mm(pointwise_t, d_gates)
+        grad_mixed.append(d_mixed)
+        dh = _mix_transpose(d_mixed, shape, transposed)
+        if from_reads is not None:
+            dh = dh + from_reads[step]
+        dc = dc * f
+        if masses is not None:
+            dh, dc = dh + dh_kept, dc + dc_kept
+        if ctx.resets[step]:
+            keep_rows = keep[step].view(1, -1, 1, 1, 1)
+            dh = (dh.view(shape) * keep_rows).view(channels, -1)
+            dc = (dc.view(shape) * keep_rows).view(channels, -1)
+    grad_gates.reverse()
+    grad_mixed.reverse()
+    grad_masses.reverse()
+    masses_grad = torch.stack(grad_masses) if grad_masses else None
+    return torch.stack(grad_gates, dim=1), torch.stack(grad_mixed, dim=1), masses_grad, dh, dc
 
 
 def recurrence(
@@ -215,18 +248,24 @@ def recurrence(
     keep: torch.Tensor,
     pointwise: torch.Tensor,
     weights: DepthwiseWeights,
-    operator: Operator,
     masses: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``K`` steps of the state recurrence.
 
     from_writes ``(K, B, 4C, D, H, W)`` (from :func:`write_gates`); h, c ``(B, C, D, H, W)``; keep ``(K, B)``
     (0 zeroes the state before that step); pointwise ``(4C, C)``; weights: the state channels' depthwise taps and
-    biases; operator: their :func:`dense_operator`; masses ``(K, B, 1, D, H, W)`` or ``None``: each step's write
-    mass (:func:`~tmem_agents.ops.reference.write_mass`) for the local update.
+    biases; masses ``(K, B, 1, D, H, W)`` or ``None``: each step's write mass
+    (:func:`~tmem_agents.ops.reference.write_mass`) for the local update.
     Returns ``(read_from (K, B, C, D, H, W), h, c)``: the state each step reads, and the final state.
+
+    CPU tensors run the C kernel (:mod:`~tmem_agents.ops.cpu_kernel`); other devices, or a CPU without a C
+    compiler, run the PyTorch form, with the depthwise convs as matrices on small grids (:func:`dense_operator`).
     """
-    matrix, offset = (None, None) if operator is None else operator
+    grid = tuple(h.shape[-3:])
+    keep = keep.to(h.dtype).contiguous()
+    pointwise = pointwise.contiguous()
     if masses is not None:
-        masses = masses.reshape(masses.shape[0], 1, -1)
-    return _Recurrence.apply(from_writes, h, c, keep.to(h.dtype), masses, pointwise, matrix, offset, *weights)
+        masses = masses.reshape(masses.shape[0], 1, -1).contiguous()
+    operator = None if cpu_kernel.available(h) else dense_operator(weights, grid)
+    matrix, offset = (None, None) if operator is None else operator
+    return _Recurrence.apply(from_writes, h, c, keep, masses, pointwise, matrix, offset, *weights)
