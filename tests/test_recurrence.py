@@ -5,33 +5,43 @@ import pytest
 import torch
 
 from tmem_agents.memory import FactorizedGateConv, TensorMemory, TensorMemoryConfig
-from tmem_agents.ops import memory_step
+from tmem_agents.ops import cpu_kernel, memory_step
 from tmem_agents.ops import recurrence as recurrence_module
 from tmem_agents.ops.recurrence import dense_operator, recurrence, write_gates
-from tmem_agents.ops.reference import DepthwiseWeights, input_gates, local_update, lstm_update, state_gates
+from tmem_agents.ops.reference import ConvWeights, factorized_conv, input_gates, local_update, lstm_update
 
 STEPS, BATCH, CHANNELS, GRID = 4, 3, 2, (3, 4, 2)
 KEEP = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 1]], dtype=torch.float64)
 
 
-@pytest.fixture(params=["dense", "shifted"])
+@pytest.fixture(params=["kernel", "dense", "shifted"])
 def depthwise_form(request, monkeypatch):
-    """Both forms of the depthwise convs: the per-channel matrix (small grids) and the shifted multiply-adds."""
+    """The C kernel (CPU), and the PyTorch form with both forms of its depthwise convs: the per-channel matrix
+    (small grids) and the shifted multiply-adds."""
+    if request.param == "kernel":
+        if not cpu_kernel.available(torch.zeros(1, dtype=torch.float64)):
+            pytest.skip("no C compiler: the recurrence runs its PyTorch form")
+    else:
+        monkeypatch.setenv("TMEM_CPU_KERNEL", "0")
     if request.param == "shifted":
         monkeypatch.setattr(recurrence_module, "DENSE_CELLS", 0)
     return request.param
 
 
 def _inputs():
+    """Volumes, h, c and the eight conv weights (taps and biases along D, H, W; pointwise and its bias)."""
     torch.manual_seed(0)
     kw = {"dtype": torch.float64, "requires_grad": True}
-    weights = [torch.randn(CHANNELS, 3, **kw) if i % 2 == 0 else torch.randn(CHANNELS, **kw) for i in range(6)]
+    depthwise = [
+        torch.randn(2 * CHANNELS, 3, **kw) if i % 2 == 0 else torch.randn(2 * CHANNELS, **kw) for i in range(6)
+    ]
     return (
-        torch.randn(STEPS, BATCH, 4 * CHANNELS, *GRID, **kw),
+        torch.randn(STEPS, BATCH, CHANNELS, *GRID, **kw),
         torch.randn(BATCH, CHANNELS, *GRID, **kw),
         torch.randn(BATCH, CHANNELS, *GRID, **kw),
-        torch.randn(4 * CHANNELS, CHANNELS, **kw),
-        *weights,
+        *depthwise,
+        torch.randn(4 * CHANNELS, 2 * CHANNELS, **kw),
+        torch.randn(4 * CHANNELS, **kw),
     )
 
 
@@ -47,20 +57,20 @@ def _masses(form):
     return torch.rand(STEPS, BATCH, 1, *GRID, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
 
 
-def _plain(masses, from_writes, h, c, pointwise, *weights):
+def _plain(masses, volumes, h, c, *weights):
+    """The reference, step by step: the factorized conv of concat(V, h), the LSTM update, the local update."""
     read_from = []
     for step in range(STEPS):
         keep = KEEP[step].view(-1, 1, 1, 1, 1)
         h, c = h * keep, c * keep
         read_from.append(h)
-        h_next, c_next = lstm_update(from_writes[step] + state_gates(h, DepthwiseWeights(*weights), pointwise), c)
+        h_next, c_next = lstm_update(factorized_conv(torch.cat([volumes[step], h], 1), ConvWeights(*weights)), c)
         h, c = (h_next, c_next) if masses is None else local_update(h, c, h_next, c_next, masses[step])
     return torch.stack(read_from), h, c
 
 
-def _fast(masses, from_writes, h, c, pointwise, *weights):
-    weights = DepthwiseWeights(*weights)
-    return recurrence(from_writes, h, c, KEEP, pointwise, weights, masses)
+def _fast(masses, volumes, h, c, *weights):
+    return recurrence(volumes, h, c, KEEP, ConvWeights(*weights), masses)
 
 
 def _with_masses(form):
@@ -144,3 +154,34 @@ def test_write_gates_equal_the_reference_input_gates(depthwise_form):
         torch.autograd.grad(fast, params, cotangent), torch.autograd.grad(reference, params, cotangent), strict=True
     ):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_float32_kernel_matches_the_float64_pytorch_form(monkeypatch):
+    if not cpu_kernel.available(torch.zeros(1)):
+        pytest.skip("no C compiler: the recurrence runs its PyTorch form")
+    inputs, _, fast = _with_masses("local")
+    single = [t.detach().float().requires_grad_() for t in inputs]
+    out_single = fast(*single)
+    cotangents = [torch.randn_like(t) for t in out_single]
+    grads_single = torch.autograd.grad(out_single, single, cotangents)
+    monkeypatch.setenv("TMEM_CPU_KERNEL", "0")
+    out_double = fast(*inputs)
+    grads_double = torch.autograd.grad(out_double, inputs, [t.double() for t in cotangents])
+    for a, b in zip((*out_single, *grads_single), (*out_double, *grads_double), strict=True):
+        assert torch.allclose(a.double(), b, atol=1e-4, rtol=1e-4)
+
+
+def test_without_a_compiler_the_recurrence_warns_once_and_runs_its_pytorch_form(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("TMEM_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu_kernel, "_FAILURES", [])
+    cpu_kernel._library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not be built.*Install a C compiler") as caught:
+            assert not cpu_kernel.available(torch.zeros(1))
+            inputs, plain, fast = _with_masses("global")
+            for a, b in zip(plain(*inputs), fast(*inputs), strict=True):
+                assert torch.allclose(a, b, atol=1e-12)
+        assert len(caught) == 1
+    finally:
+        cpu_kernel._library.cache_clear()

@@ -10,7 +10,7 @@ from torch import nn
 from tmem_agents.memory.config import TensorMemoryConfig
 from tmem_agents.memory.update import FactorizedGateConv
 from tmem_agents.ops import memory_step, splat_write, trilinear_read, write_mass
-from tmem_agents.ops.recurrence import dense_operator, recurrence, write_gates
+from tmem_agents.ops.recurrence import recurrence
 from tmem_agents.state import reset_state, zero_rows
 
 SIGMA_FLOOR = 1e-4
@@ -130,8 +130,8 @@ class TensorMemory(nn.Module):
         return out, TensorDict({"h": h, "c": c}, batch_size=state.batch_size, device=state.device)
 
     def _scan(self, h, c, read_loc, writes, chunk_starts):
-        """All ``K`` steps with the non-recurrent work batched: the writes and their share of the gates
-        before the recurrence (:func:`~tmem_agents.ops.recurrence.recurrence`), the reads after it."""
+        """All ``K`` steps with the non-recurrent work batched: the writes before the recurrence
+        (:func:`~tmem_agents.ops.recurrence.recurrence`), the reads after it."""
         values, write_loc, sigma, strength = writes
         batch, steps, channels = values.shape
         cfg = self.config
@@ -151,18 +151,8 @@ class TensorMemory(nn.Module):
                 radius=cfg.write_radius,
                 backend=cfg.backend,
             ).view(steps, batch, 1, *cfg.grid)
-        # the depthwise convs of the written channels, as matrices on small grids
-        from_writes = write_gates(volumes, weights, dense_operator(weights.depthwise(slice(0, channels)), cfg.grid))
         keep = torch.ones(steps, batch, device=h.device) if chunk_starts is None else 1.0 - chunk_starts.T.to(h.dtype)
-        read_from, h, c = recurrence(
-            from_writes.view(steps, batch, 4 * channels, *cfg.grid),
-            h,
-            c,
-            keep,
-            weights.pointwise[:, channels:],
-            weights.depthwise(slice(channels, 2 * channels)),
-            masses,
-        )
+        read_from, h, c = recurrence(volumes.view(steps, batch, channels, *cfg.grid), h, c, keep, weights, masses)
         reads = trilinear_read(
             read_from.flatten(0, 1), time_major[2], padding_mode=cfg.padding_mode, backend=cfg.backend
         )

@@ -27,6 +27,7 @@ import torch
 SOURCE = Path(__file__).with_name("recurrence.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared")
 REALS = {torch.float32: "float", torch.float64: "double"}
+_FAILURES: list[str] = []  # why builds failed: one warning per process
 
 
 class _Shape(ctypes.Structure):
@@ -71,17 +72,19 @@ def _library(real: str) -> ctypes.CDLL | None:
     try:
         library = ctypes.CDLL(str(_build(real)))
     except (OSError, RuntimeError) as error:
-        warnings.warn(
-            f"the C kernel of the memory recurrence could not be built ({error}); the recurrence runs as "
-            "PyTorch ops, several times slower on the CPU. Install a C compiler (gcc or clang, or set CC), "
-            "or set TMEM_CPU_KERNEL=0 to silence this",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        if not _FAILURES:
+            warnings.warn(
+                f"the C kernel of the memory recurrence could not be built ({error}); the recurrence runs as "
+                "PyTorch ops, several times slower on the CPU. Install a C compiler (gcc or clang, or set CC), "
+                "or set TMEM_CPU_KERNEL=0 to silence this",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        _FAILURES.append(str(error))
         return None
     pointer = ctypes.c_void_p
-    library.recurrence_forward.argtypes = [ctypes.POINTER(_Shape)] + [pointer] * 15
-    library.recurrence_backward.argtypes = [ctypes.POINTER(_Shape)] + [pointer] * 19
+    library.recurrence_forward.argtypes = [ctypes.POINTER(_Shape)] + [pointer] * 16
+    library.recurrence_backward.argtypes = [ctypes.POINTER(_Shape)] + [pointer] * 20
     return library
 
 
@@ -116,32 +119,34 @@ class Saved:
         new = functools.partial(torch.empty, dtype=h.dtype, device=h.device)
         self.read_from = new(channels, steps, *h.shape[1:])
         self.cells = new(steps, channels, cells)
-        self.mixed = new(channels, steps, cells)
+        self.mixed = new(2 * channels, steps, cells)
         self.activations = new(steps, 5 * channels, cells)
         self.candidates = new(steps, channels, cells) if local else None
 
 
 def forward(
-    writes: torch.Tensor,
+    volumes: torch.Tensor,
     h: torch.Tensor,
     c: torch.Tensor,
     keep: torch.Tensor,
     resets: torch.Tensor,
     masses: torch.Tensor | None,
     pointwise: torch.Tensor,
+    pointwise_bias: torch.Tensor,
     taps: torch.Tensor,
     biases: torch.Tensor,
 ) -> tuple[Saved, torch.Tensor, torch.Tensor]:
-    """``K`` steps from ``h, c (C, N, D, H, W)`` (channel-major). writes ``(4C, K, N D H W)``, keep ``(K, N)``,
-    resets ``(K,)`` bool, masses ``(K, N D H W)`` or ``None``, pointwise ``(4C, C)``, taps ``(3, C, 3)`` and
-    biases ``(3, C)`` (axes D, H, W). Returns what the backward needs and the final ``h, c``."""
-    steps = writes.shape[1]
+    """``K`` steps from ``h, c (C, N, D, H, W)``, all channel-major: the written volumes ``(C, K, N D H W)``,
+    keep ``(K, N)``, resets ``(K,)`` uint8, masses ``(K, N D H W)`` or ``None``, pointwise ``(4C, 2C)`` and
+    pointwise_bias ``(4C,)``, taps ``(3, 2C, 3)`` and biases ``(3, 2C)`` (axes D, H, W). Returns what the
+    backward needs and the final ``h, c``."""
+    steps = volumes.shape[1]
     h, c = h.clone(memory_format=torch.contiguous_format), c.clone(memory_format=torch.contiguous_format)
     saved = Saved(steps, h, masses is not None)
     scratch = h.new_empty((4 * h.shape[0] + 8) * h[0].numel())
     _library(REALS[h.dtype]).recurrence_forward(
         ctypes.byref(_shape(steps, h)),
-        *map(_ptr, (writes, keep, resets, masses, pointwise, taps, biases, h, c)),
+        *map(_ptr, (volumes, keep, resets, masses, pointwise, pointwise_bias, taps, biases, h, c)),
         *map(_ptr, (saved.read_from, saved.cells, saved.mixed, saved.activations, saved.candidates, scratch)),
     )
     return saved, h, c
@@ -149,6 +154,7 @@ def forward(
 
 def backward(
     saved: Saved,
+    volumes: torch.Tensor,
     keep: torch.Tensor,
     resets: torch.Tensor,
     masses: torch.Tensor | None,
@@ -161,20 +167,19 @@ def backward(
 ) -> tuple[torch.Tensor, ...]:
     """Gradients through the ``K`` steps, given those of the final state ``dh, dc (C, N D H W)`` and of the
     states read at each step ``from_reads (K, C, N D H W)`` (or ``None``). Returns the gradients of the gates
-    ``(4C, K, N D H W)``, of the convs' outputs ``(C, K, N D H W)``, of the masses ``(K, N D H W)`` (or ``None``),
-    of the taps ``(3, C, 3)`` and biases ``(3, C)``, and of the initial ``h, c``."""
-    channels, steps = saved.mixed.shape[:2]
+    ``(4C, K, N D H W)``, of the volumes ``(C, K, N D H W)``, of the masses ``(K, N D H W)`` (or ``None``), of the
+    taps ``(3, 2C, 3)`` and biases ``(3, 2C)``, and of the initial ``h, c``."""
+    channels, steps = volumes.shape[:2]
     dh, dc = dh.clone(memory_format=torch.contiguous_format), dc.clone(memory_format=torch.contiguous_format)
-    new = functools.partial(torch.empty, dtype=dh.dtype, device=dh.device)
-    grad_gates = new(4 * channels, steps, dh.shape[1])
-    grad_mixed = new(channels, steps, dh.shape[1])
-    grad_masses = None if masses is None else new(steps, dh.shape[1])
+    grad_gates = dh.new_empty(4 * channels, steps, dh.shape[1])
+    grad_volumes = torch.empty_like(volumes)
+    grad_masses = None if masses is None else dh.new_empty(steps, dh.shape[1])
     grad_taps, grad_biases = torch.zeros_like(taps), torch.zeros_like(biases)
-    scratch = new(11 * dh.shape[1])
+    scratch = dh.new_empty(12 * dh.shape[1])
     _library(REALS[dh.dtype]).recurrence_backward(
         ctypes.byref(_shape(steps, saved.read_from[:, 0])),
-        *map(_ptr, (keep, resets, masses, pointwise, taps, biases)),
+        *map(_ptr, (volumes, keep, resets, masses, pointwise, taps, biases)),
         *map(_ptr, (saved.read_from, saved.cells, saved.activations, saved.candidates, from_reads, dh, dc)),
-        *map(_ptr, (grad_gates, grad_mixed, grad_masses, grad_taps, grad_biases, scratch)),
+        *map(_ptr, (grad_gates, grad_volumes, grad_masses, grad_taps, grad_biases, scratch)),
     )
-    return grad_gates, grad_mixed, grad_masses, grad_taps, grad_biases, dh, dc
+    return grad_gates, grad_volumes, grad_masses, grad_taps, grad_biases, dh, dc

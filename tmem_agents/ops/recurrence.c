@@ -1,21 +1,22 @@
 /* The (h, c) recurrence of a memory sequence on the CPU: forward and backward loops over the steps.
  *
  * Built by tmem_agents/ops/cpu_kernel.py with -DREAL=float and -DREAL=double. The equations are those of
- * tmem_agents/ops/recurrence.py (the PyTorch form, which runs on other devices and is the oracle in the
- * tests). Per step k, for the C state channels of N envs on a D x H x W grid (S = D H W cells, NS = N S):
+ * tmem_agents/ops/reference.py (factorized_conv, lstm_update, local_update), which the tests hold it to.
+ * Per step k, for C channels of N envs on a D x H x W grid (S = D H W cells, NS = N S), with V[k] the
+ * step's written volume:
  *
- *   h, c  *= keep[k]                                     (episode starts)
- *   mixed  = conv_w(conv_h(conv_d(h)))                   (3-tap depthwise convs with biases, zero padding)
- *   gates  = writes[k] + pointwise @ mixed               (4C rows: i, f, o, g)
+ *   h, c  *= keep[k]                                        (episode starts)
+ *   mixed  = conv_w(conv_h(conv_d(concat(V[k], h))))        (3-tap depthwise convs with biases, zero padded)
+ *   gates  = pointwise @ mixed + pointwise_bias             (4C rows: i, f, o, g)
  *   c'     = sig(f) c + sig(i) tanh(g);   h' = sig(o) tanh(c')
  *   h, c   = h', c'   or, with masses m[k]:   h + m (h' - h),  c + m (c' - c)
  *
- * Layouts (contiguous): writes (4C, K, NS); h, c (C, NS); keep (K, N); masses (K, NS); pointwise (4C, C);
- * taps (3, C, 3) and biases (3, C) for the axes D, H, W. Saved for the backward: read_from and mixed
- * (C, K, NS), cells and candidates (K, C, NS), activations (K, 5C, NS) as sig(i), sig(f), sig(o), tanh(g),
- * tanh(c'). The backward returns the gates' gradients (4C, K, NS), the convs' output gradients (C, K, NS)
- * (for the pointwise weights' gradient, one product outside), the masses' (K, NS), the taps' and biases'
- * (accumulated), and the gradients of the initial h and c (in place of the final ones).
+ * Layouts (contiguous): volumes (C, K, NS); h, c (C, NS); keep (K, N); masses (K, NS); pointwise (4C, 2C);
+ * taps (3, 2C, 3) and biases (3, 2C) for the axes D, H, W. Saved for the backward: read_from (C, K, NS),
+ * mixed (2C, K, NS), cells and candidates (K, C, NS), activations (K, 5C, NS) as sig(i), sig(f), sig(o),
+ * tanh(g), tanh(c'). The backward returns the gates' gradients (4C, K, NS) (the pointwise weights' gradient is
+ * one product outside), the volumes' (C, K, NS), the masses' (K, NS), the taps' and biases' (accumulated), and
+ * the gradients of the initial h and c (in place of the final ones).
  */
 #include <stdint.h>
 #include <string.h>
@@ -96,12 +97,13 @@ static void conv_axis_grads(const real *restrict x, const real *restrict gy, rea
     *gb += g_bias;
 }
 
-/* the depthwise convs of one channel's block; mid_d and mid_h receive the intermediate volumes */
+/* the depthwise convs of channel ch (of C2 in taps and biases) on its block x; mid_d and mid_h receive the
+ * intermediate volumes */
 static void depthwise(const Axis axes[3], const real *x, real *mid_d, real *mid_h, real *y, const real *taps,
-                      const real *biases, long C, long ch) {
-    conv_axis(x, mid_d, taps + (0 * C + ch) * 3, biases[0 * C + ch], &axes[0]);
-    conv_axis(mid_d, mid_h, taps + (1 * C + ch) * 3, biases[1 * C + ch], &axes[1]);
-    conv_axis(mid_h, y, taps + (2 * C + ch) * 3, biases[2 * C + ch], &axes[2]);
+                      const real *biases, long C2, long ch) {
+    conv_axis(x, mid_d, taps + (0 * C2 + ch) * 3, biases[0 * C2 + ch], &axes[0]);
+    conv_axis(mid_d, mid_h, taps + (1 * C2 + ch) * 3, biases[1 * C2 + ch], &axes[1]);
+    conv_axis(mid_h, y, taps + (2 * C2 + ch) * 3, biases[2 * C2 + ch], &axes[2]);
 }
 
 /* the gates' activations and the LSTM update of channel ch at one step; local: the lerp by the masses m */
@@ -166,10 +168,28 @@ static inline __attribute__((always_inline)) void cell_update_backward(
     }
 }
 
-void recurrence_forward(const Shape *s, const real *writes, const real *keep, const uint8_t *resets,
-                        const real *masses, const real *pointwise, const real *taps, const real *biases, real *h,
-                        real *c, real *read_from, real *cells, real *mixed, real *activations, real *candidates,
-                        real *scratch) {
+/* the gradient gm of a channel's conv output, through its convs in reverse (W, H, D) to their input x: grad_x
+ * (overwritten) and the taps' and biases' gradients (accumulated); work holds 4 NS reals */
+static void depthwise_backward(const Axis axes[3], const real *x, const real *gm, real *grad_x, const real *taps,
+                               const real *biases, real *grad_taps, real *grad_biases, long C2, long ch,
+                               real *work) {
+    const long NS = axes[0].cells;
+    real *mid_d = work, *mid_h = work + NS, *u_w = work + 2 * NS, *u_h = work + 3 * NS;
+    conv_axis(x, mid_d, taps + (0 * C2 + ch) * 3, biases[0 * C2 + ch], &axes[0]);
+    conv_axis(mid_d, mid_h, taps + (1 * C2 + ch) * 3, biases[1 * C2 + ch], &axes[1]);
+    conv_axis_grads(mid_h, gm, grad_taps + (2 * C2 + ch) * 3, grad_biases + 2 * C2 + ch, &axes[2]);
+    conv_axis_t(gm, u_w, taps + (2 * C2 + ch) * 3, &axes[2]);
+    conv_axis_grads(mid_d, u_w, grad_taps + (1 * C2 + ch) * 3, grad_biases + 1 * C2 + ch, &axes[1]);
+    conv_axis_t(u_w, u_h, taps + (1 * C2 + ch) * 3, &axes[1]);
+    conv_axis_grads(x, u_h, grad_taps + (0 * C2 + ch) * 3, grad_biases + 0 * C2 + ch, &axes[0]);
+    conv_axis_t(u_h, grad_x, taps + (0 * C2 + ch) * 3, &axes[0]);
+}
+
+/* scratch: (4C + 8) NS reals */
+void recurrence_forward(const Shape *s, const real *volumes, const real *keep, const uint8_t *resets,
+                        const real *masses, const real *pointwise, const real *pointwise_bias, const real *taps,
+                        const real *biases, real *h, real *c, real *read_from, real *cells, real *mixed,
+                        real *activations, real *candidates, real *scratch) {
     const long K = s->steps, C = s->channels, N = s->envs, S = s->depth * s->height * s->width, NS = N * S;
     real *gates = scratch, *mid_d = scratch + 4 * C * NS, *mid_h = mid_d + NS;
     Axis axes[3];
@@ -186,13 +206,15 @@ void recurrence_forward(const Shape *s, const real *writes, const real *keep, co
         memcpy(cells + k * C * NS, c, sizeof(real) * C * NS);
         for (long ch = 0; ch < C; ch++) {
             memcpy(read_from + (ch * K + k) * NS, h + ch * NS, sizeof(real) * NS);
-            depthwise(axes, h + ch * NS, mid_d, mid_h, mixed + (ch * K + k) * NS, taps, biases, C, ch);
+            depthwise(axes, volumes + (ch * K + k) * NS, mid_d, mid_h, mixed + (ch * K + k) * NS, taps, biases,
+                      2 * C, ch);
+            depthwise(axes, h + ch * NS, mid_d, mid_h, mixed + ((C + ch) * K + k) * NS, taps, biases, 2 * C, C + ch);
         }
         for (long o = 0; o < 4 * C; o++) {
             real *g = gates + o * NS;
-            memcpy(g, writes + (o * K + k) * NS, sizeof(real) * NS);
-            for (long ch = 0; ch < C; ch++) {
-                const real p = pointwise[o * C + ch], *m = mixed + (ch * K + k) * NS;
+            for (long j = 0; j < NS; j++) g[j] = pointwise_bias[o];
+            for (long ch = 0; ch < 2 * C; ch++) {
+                const real p = pointwise[o * 2 * C + ch], *m = mixed + (ch * K + k) * NS;
                 for (long j = 0; j < NS; j++) g[j] += p * m[j];
             }
         }
@@ -207,16 +229,16 @@ void recurrence_forward(const Shape *s, const real *writes, const real *keep, co
     }
 }
 
-void recurrence_backward(const Shape *s, const real *keep, const uint8_t *resets, const real *masses,
-                         const real *pointwise, const real *taps, const real *biases, const real *read_from,
-                         const real *cells, const real *activations, const real *candidates, const real *from_reads,
-                         real *dh, real *dc, real *grad_gates, real *grad_mixed, real *grad_masses, real *grad_taps,
-                         real *grad_biases, real *scratch) {
+/* scratch: 12 NS reals */
+void recurrence_backward(const Shape *s, const real *volumes, const real *keep, const uint8_t *resets,
+                         const real *masses, const real *pointwise, const real *taps, const real *biases,
+                         const real *read_from, const real *cells, const real *activations, const real *candidates,
+                         const real *from_reads, real *dh, real *dc, real *grad_gates, real *grad_volumes,
+                         real *grad_masses, real *grad_taps, real *grad_biases, real *scratch) {
     const long K = s->steps, C = s->channels, N = s->envs, S = s->depth * s->height * s->width, NS = N * S;
-    real *mid_d = scratch, *mid_h = scratch + NS, *u_w = scratch + 2 * NS, *u_h = scratch + 3 * NS,
-         *out = scratch + 4 * NS;
+    real *gm = scratch, *out = scratch + NS, *work = scratch + 2 * NS;
     Axis axes[3];
-    axes_init(s, scratch + 5 * NS, axes);
+    axes_init(s, scratch + 6 * NS, axes);
     for (long k = K - 1; k >= 0; k--) {
         const real *act = activations + k * 5 * C * NS;
         if (masses) memset(grad_masses + k * NS, 0, sizeof(real) * NS);
@@ -229,27 +251,24 @@ void recurrence_backward(const Shape *s, const real *keep, const uint8_t *resets
                 cell_update_backward(act, cell, h_prev, 0, 0, dh + ch * NS, dc + ch * NS, 0, grad_gates, C, K, k, ch,
                                      NS, 0);
         }
-        for (long ch = 0; ch < C; ch++) {
-            real *gm = grad_mixed + (ch * K + k) * NS;
+        /* the conv input's channels: the written volume's (to grad_volumes), then the state's (to dh) */
+        for (long ch = 0; ch < 2 * C; ch++) {
             memset(gm, 0, sizeof(real) * NS);
             for (long o = 0; o < 4 * C; o++) {
-                const real p = pointwise[o * C + ch], *dgo = grad_gates + (o * K + k) * NS;
+                const real p = pointwise[o * 2 * C + ch], *dgo = grad_gates + (o * K + k) * NS;
                 for (long j = 0; j < NS; j++) gm[j] += p * dgo[j];
             }
-            /* through the convs in reverse (W, H, D), with the taps' and biases' gradients on the way */
-            const real *x = read_from + (ch * K + k) * NS;
-            conv_axis(x, mid_d, taps + (0 * C + ch) * 3, biases[0 * C + ch], &axes[0]);
-            conv_axis(mid_d, mid_h, taps + (1 * C + ch) * 3, biases[1 * C + ch], &axes[1]);
-            conv_axis_grads(mid_h, gm, grad_taps + (2 * C + ch) * 3, grad_biases + 2 * C + ch, &axes[2]);
-            conv_axis_t(gm, u_w, taps + (2 * C + ch) * 3, &axes[2]);
-            conv_axis_grads(mid_d, u_w, grad_taps + (1 * C + ch) * 3, grad_biases + 1 * C + ch, &axes[1]);
-            conv_axis_t(u_w, u_h, taps + (1 * C + ch) * 3, &axes[1]);
-            conv_axis_grads(x, u_h, grad_taps + (0 * C + ch) * 3, grad_biases + 0 * C + ch, &axes[0]);
-            conv_axis_t(u_h, out, taps + (0 * C + ch) * 3, &axes[0]);
-            real *dhc = dh + ch * NS;
+            if (ch < C) {
+                depthwise_backward(axes, volumes + (ch * K + k) * NS, gm, grad_volumes + (ch * K + k) * NS, taps,
+                                   biases, grad_taps, grad_biases, 2 * C, ch, work);
+                continue;
+            }
+            depthwise_backward(axes, read_from + ((ch - C) * K + k) * NS, gm, out, taps, biases, grad_taps,
+                               grad_biases, 2 * C, ch, work);
+            real *dhc = dh + (ch - C) * NS;
             for (long j = 0; j < NS; j++) dhc[j] += out[j];
             if (from_reads) {
-                const real *fr = from_reads + (k * C + ch) * NS;
+                const real *fr = from_reads + (k * C + ch - C) * NS;
                 for (long j = 0; j < NS; j++) dhc[j] += fr[j];
             }
         }

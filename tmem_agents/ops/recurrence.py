@@ -107,12 +107,6 @@ class _Recurrence(torch.autograd.Function):
         writes = from_writes.permute(2, 0, 1, 3, 4, 5).reshape(4 * channels, steps, -1)  # free after write_gates
         h, c = _channel_major(h), _channel_major(c)
         ctx.save_for_backward(keep, masses, pointwise, *depthwise_weights)
-        ctx.kernel = matrix is None and cpu_kernel.available(h)
-        if ctx.kernel:
-            taps, biases = _taps_and_biases(DepthwiseWeights(*depthwise_weights))
-            resets = (keep < 1).any(dim=1).to(torch.uint8)
-            ctx.kernel_saved, h, c = cpu_kernel.forward(writes, h, c, keep, resets, masses, pointwise, taps, biases)
-            return ctx.kernel_saved.read_from.permute(1, 2, 0, 3, 4, 5), h.transpose(0, 1), c.transpose(0, 1)
         operator = None if matrix is None else (matrix, offset)
         weights = DepthwiseWeights(*depthwise_weights)
         c = c.view(channels, -1)
@@ -156,21 +150,12 @@ class _Recurrence(torch.autograd.Function):
         dh = _channel_major(grad_h).view(channels, -1)
         dc = _channel_major(grad_c).view(channels, -1)
         from_reads = None if grad_read_from is None else _channel_major(grad_read_from).view(-1, channels, dh.shape[1])
-        if ctx.kernel:
-            taps, biases = _taps_and_biases(weights)
-            resets = (keep < 1).any(dim=1).to(torch.uint8)
-            grad_gates, grad_mixed, grad_masses, grad_taps, grad_biases, dh, dc = cpu_kernel.backward(
-                ctx.kernel_saved, keep, resets, masses, pointwise, taps, biases, from_reads, dh, dc
-            )
-            mixed = ctx.kernel_saved.mixed
-            grad_depthwise = (None, None, *[t for pair in zip(grad_taps, grad_biases, strict=True) for t in pair])
-        else:
-            grad_gates, grad_mixed, grad_masses, dh, dc = _backward_loop(
-                ctx, weights, masses, pointwise, keep, shape, dh, dc, from_reads
-            )
-            mixed = torch.stack(ctx.mixed, dim=1)
-            states = torch.stack(ctx.read_from, dim=1).view(channels, -1, *shape[2:])
-            grad_depthwise = _depthwise_grads(states, grad_mixed.view(channels, -1), weights, ctx.matrix_t is not None)
+        grad_gates, grad_mixed, grad_masses, dh, dc = _backward_loop(
+            ctx, weights, masses, pointwise, keep, shape, dh, dc, from_reads
+        )
+        mixed = torch.stack(ctx.mixed, dim=1)
+        states = torch.stack(ctx.read_from, dim=1).view(channels, -1, *shape[2:])
+        grad_depthwise = _depthwise_grads(states, grad_mixed.view(channels, -1), weights, ctx.matrix_t is not None)
         grad_pointwise = grad_gates.view(4 * channels, -1) @ mixed.view(channels, -1).t()
         steps = grad_gates.shape[1]
         grad_writes = grad_gates.view(4 * channels, steps, *shape[1:]).permute(1, 2, 0, 3, 4, 5)
@@ -183,11 +168,6 @@ class _Recurrence(torch.autograd.Function):
             grad_pointwise,
             *grad_depthwise,
         )
-
-
-def _taps_and_biases(weights: DepthwiseWeights) -> tuple[torch.Tensor, torch.Tensor]:
-    """The C kernel's layout of the depthwise weights: taps ``(3, C, 3)`` and biases ``(3, C)``, axes D, H, W."""
-    return torch.stack(weights[0::2]).contiguous(), torch.stack(weights[1::2]).contiguous()
 
 
 def _backward_loop(ctx, weights, masses, pointwise, keep, shape, dh, dc, from_reads):  # noqa: ANN001, ANN202
@@ -241,31 +221,85 @@ def _backward_loop(ctx, weights, masses, pointwise, keep, shape, dh, dc, from_re
     return torch.stack(grad_gates, dim=1), torch.stack(grad_mixed, dim=1), masses_grad, dh, dc
 
 
+class _KernelRecurrence(torch.autograd.Function):
+    """The recurrence in C (:mod:`~tmem_agents.ops.cpu_kernel`), with the write share of the gates inside: the
+    conv over ``concat(V, h)`` of the reference, step by step."""
+
+    @staticmethod
+    def forward(ctx, volumes, h, c, keep, masses, pointwise, pointwise_bias, *depthwise_weights):  # noqa: ANN001
+        volumes = volumes.permute(2, 0, 1, 3, 4, 5).contiguous().flatten(2)  # (C, K, B*D*H*W)
+        taps, biases = torch.stack(depthwise_weights[0::2]), torch.stack(depthwise_weights[1::2])
+        resets = (keep < 1).any(dim=1).to(torch.uint8)
+        saved, h, c = cpu_kernel.forward(
+            volumes, _channel_major(h), _channel_major(c), keep, resets, masses, pointwise, pointwise_bias, taps, biases
+        )
+        ctx.save_for_backward(volumes, keep, resets, masses, pointwise, taps, biases)
+        ctx.kernel_saved = saved
+        return saved.read_from.permute(1, 2, 0, 3, 4, 5), h.transpose(0, 1), c.transpose(0, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_read_from, grad_h, grad_c):  # noqa: ANN001
+        volumes, keep, resets, masses, pointwise, taps, biases = ctx.saved_tensors
+        channels, steps = volumes.shape[:2]
+        shape = (channels, *grad_h.shape[:1], *grad_h.shape[2:])  # (C, B, D, H, W)
+        grad_gates, grad_volumes, grad_masses, grad_taps, grad_biases, dh, dc = cpu_kernel.backward(
+            ctx.kernel_saved,
+            volumes,
+            keep,
+            resets,
+            masses,
+            pointwise,
+            taps,
+            biases,
+            _channel_major(grad_read_from).view(steps, channels, -1),
+            _channel_major(grad_h).view(channels, -1),
+            _channel_major(grad_c).view(channels, -1),
+        )
+        grad_pointwise = grad_gates.view(4 * channels, -1) @ ctx.kernel_saved.mixed.view(2 * channels, -1).t()
+        return (
+            grad_volumes.view(channels, steps, *shape[1:]).permute(1, 2, 0, 3, 4, 5),
+            dh.view(shape).transpose(0, 1),
+            dc.view(shape).transpose(0, 1),
+            None,
+            grad_masses.view(steps, 1, -1) if ctx.needs_input_grad[4] else None,
+            grad_pointwise,
+            grad_gates.sum(dim=(1, 2)),
+            *[t for pair in zip(grad_taps, grad_biases, strict=True) for t in pair],
+        )
+
+
 def recurrence(
-    from_writes: torch.Tensor,
+    volumes: torch.Tensor,
     h: torch.Tensor,
     c: torch.Tensor,
     keep: torch.Tensor,
-    pointwise: torch.Tensor,
-    weights: DepthwiseWeights,
+    weights: ConvWeights,
     masses: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``K`` steps of the state recurrence.
 
-    from_writes ``(K, B, 4C, D, H, W)`` (from :func:`write_gates`); h, c ``(B, C, D, H, W)``; keep ``(K, B)``
-    (0 zeroes the state before that step); pointwise ``(4C, C)``; weights: the state channels' depthwise taps and
-    biases; masses ``(K, B, 1, D, H, W)`` or ``None``: each step's write mass
+    volumes ``(K, B, C, D, H, W)``: each step's written volume (:func:`~tmem_agents.ops.reference.splat_write`);
+    h, c ``(B, C, D, H, W)``; keep ``(K, B)`` (0 zeroes the state before that step); weights: the factorized
+    conv's; masses ``(K, B, 1, D, H, W)`` or ``None``: each step's write mass
     (:func:`~tmem_agents.ops.reference.write_mass`) for the local update.
     Returns ``(read_from (K, B, C, D, H, W), h, c)``: the state each step reads, and the final state.
 
-    CPU tensors run the C kernel (:mod:`~tmem_agents.ops.cpu_kernel`); other devices, or a CPU without a C
-    compiler, run the PyTorch form, with the depthwise convs as matrices on small grids (:func:`dense_operator`).
+    CPU tensors run the C kernel (:mod:`~tmem_agents.ops.cpu_kernel`). Other devices, or a CPU without a C
+    compiler, run the PyTorch form: the write share of the gates for all steps at once (:func:`write_gates`),
+    then the steps, with the depthwise convs as matrices on small grids (:func:`dense_operator`).
     """
+    steps, batch, channels = volumes.shape[:3]
     grid = tuple(h.shape[-3:])
     keep = keep.to(h.dtype).contiguous()
-    pointwise = pointwise.contiguous()
     if masses is not None:
-        masses = masses.reshape(masses.shape[0], 1, -1).contiguous()
-    operator = None if cpu_kernel.available(h) else dense_operator(weights, grid)
-    matrix, offset = (None, None) if operator is None else operator
-    return _Recurrence.apply(from_writes, h, c, keep, masses, pointwise, matrix, offset, *weights)
+        masses = masses.reshape(steps, 1, -1).contiguous()
+    if cpu_kernel.available(h):
+        pointwise, bias = weights.pointwise.contiguous(), weights.pointwise_bias.contiguous()
+        return _KernelRecurrence.apply(volumes, h, c, keep, masses, pointwise, bias, *weights.depthwise(slice(None)))
+    on_writes = dense_operator(weights.depthwise(slice(0, channels)), grid)
+    from_writes = write_gates(volumes.flatten(0, 1), weights, on_writes).view(steps, batch, 4 * channels, *grid)
+    state_weights = weights.depthwise(slice(channels, 2 * channels))
+    matrix, offset = dense_operator(state_weights, grid) or (None, None)
+    pointwise = weights.pointwise[:, channels:].contiguous()
+    return _Recurrence.apply(from_writes, h, c, keep, masses, pointwise, matrix, offset, *state_weights)
