@@ -6,13 +6,15 @@
 
 Timing: one memory step (16 tokens in one chunk, C=16) without gradients, and forward+backward
 through a 32-step sequence, for B in {1, 64, 1024} and grids 4^3, 8^3 and 16^3, one torch thread.
-Grids of up to 128 cells run the depthwise convs of training as dense per-channel matrices.
+Training is timed twice: with the recurrence's C kernel (``tmem_agents/ops/recurrence.c``) and with its
+PyTorch form (``TMEM_CPU_KERNEL=0``, the path of machines without a C compiler).
 Stability: random tokens for many steps under no_grad; prints the largest |h| and |c| seen.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -42,7 +44,7 @@ def bench(batch: int, side: int, repeats: int) -> dict:
         step = _median_time(lambda: memory(tokens, state), repeats)
     # activations kept for backward: about 12 grid-sized float32 tensors of 2C..4C channels per step
     need = SEQ * 12 * batch * 4 * CHANNELS * side**3 * 4
-    backward = None
+    backward = {}
     if need <= BACKWARD_BUDGET_BYTES:
         sequence = torch.randn(batch, SEQ * TOKENS, DIM)
 
@@ -50,12 +52,15 @@ def bench(batch: int, side: int, repeats: int) -> dict:
             out, _ = memory(sequence, state)
             out.sum().backward()
 
-        backward = _median_time(forward_backward, max(1, repeats // 4)) / SEQ
+        for form, flag in (("kernel", "1"), ("torch", "0")):
+            os.environ["TMEM_CPU_KERNEL"] = flag
+            backward[form] = _median_time(forward_backward, max(1, repeats // 4)) / SEQ
+        del os.environ["TMEM_CPU_KERNEL"]
     return {
         "batch": batch,
         "grid": f"{side}^3",
         "step_ms": step * 1e3,
-        "fwd_bwd_ms_per_step": None if backward is None else backward * 1e3,
+        "fwd_bwd_ms_per_step": {form: seconds * 1e3 for form, seconds in backward.items()},
         "state_bytes_per_env": state.bytes() // batch,
     }
 
@@ -92,18 +97,19 @@ def main() -> None:
         stability(args.stability)
         return
     print(f"N={TOKENS} tokens (one chunk), C={CHANNELS}, d={DIM}, one thread, {torch.__version__}\n")
-    print("| B | grid | step, no grad (ms) | fwd+bwd per step, 32-step seq (ms) | state bytes / env |")
-    print("|---|---|---|---|---|")
+    print(
+        "| B | grid | step, no grad (ms) | fwd+bwd per step, 32-step seq (ms): C kernel | PyTorch form "
+        "| state bytes / env |"
+    )
+    print("|---|---|---|---|---|---|")
     for side in args.sides:
         for batch in args.batches:
             row = bench(batch, side, args.repeats if batch < 1024 else 2)
-            fb = (
-                "skipped (> 6 GiB of activations)"
-                if row["fwd_bwd_ms_per_step"] is None
-                else f"{row['fwd_bwd_ms_per_step']:.2f}"
-            )
+            times = row["fwd_bwd_ms_per_step"]
+            cells = [f"{times[form]:.2f}" for form in ("kernel", "torch")] if times else ["skipped (> 6 GiB)"] * 2
             print(
-                f"| {batch} | {row['grid']} | {row['step_ms']:.2f} | {fb} | {row['state_bytes_per_env']:,} |",
+                f"| {batch} | {row['grid']} | {row['step_ms']:.2f} | {' | '.join(cells)} "
+                f"| {row['state_bytes_per_env']:,} |",
                 flush=True,
             )
 
