@@ -187,3 +187,21 @@ def test_local_update_keeps_the_state_where_the_memory_declines_to_write():
         with torch.set_grad_enabled(grad):
             _, kept = memory(tokens, state)
         assert torch.allclose(kept["h"], state["h"]) and torch.allclose(kept["c"], state["c"])
+
+
+def test_single_token_attention_equals_multihead_attention():
+    torch.manual_seed(0)
+    block = PreNormBlock(8, heads=2).double()
+    x = torch.randn(5, 1, 8, dtype=torch.float64, requires_grad=True)
+    fast = block.attention_residual(x)
+    y = block.norm1(x)
+    reference = x + block.attn(y, y, y, need_weights=False)[0]
+    assert torch.allclose(fast, reference, atol=1e-12)
+    params = [x, *block.parameters()]
+    cotangent = torch.randn_like(fast)
+    for a, b in zip(
+        torch.autograd.grad(fast, params, cotangent, allow_unused=True),
+        torch.autograd.grad(reference, params, cotangent, allow_unused=True),
+        strict=True,
+    ):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -23,8 +24,16 @@ class PreNormBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def attention_residual(self, x: torch.Tensor) -> torch.Tensor:
-        """``x + Attn(LN(x))``: ``(B, N, d)`` -> ``(B, N, d)``."""
+        """``x + Attn(LN(x))``: ``(B, N, d)`` -> ``(B, N, d)``.
+
+        A single token attends only to itself with weight 1, so its attention is its value projection: that
+        case skips the scores (the same result; on the CPU about 4x cheaper, forward and backward).
+        """
         y = self.norm1(x)
+        if y.shape[1] == 1:
+            dim = y.shape[-1]
+            value = F.linear(y, self.attn.in_proj_weight[2 * dim :], self.attn.in_proj_bias[2 * dim :])
+            return x + self.attn.out_proj(value)
         return x + self.attn(y, y, y, need_weights=False)[0]
 
     def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
