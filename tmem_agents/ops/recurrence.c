@@ -168,6 +168,16 @@ static inline __attribute__((always_inline)) void cell_update_backward(
     }
 }
 
+/* x, y (C, N, S) *= keep (N): the episode starts' zeroing of the state (and, backward, of its gradient) */
+static void scale_envs(real *x, real *y, const real *keep, long C, long N, long S) {
+    for (long ch = 0; ch < C; ch++)
+        for (long n = 0; n < N; n++)
+            for (long j = 0; j < S; j++) {
+                x[(ch * N + n) * S + j] *= keep[n];
+                y[(ch * N + n) * S + j] *= keep[n];
+            }
+}
+
 /* the gradient gm of a channel's conv output, through its convs in reverse (W, H, D) to their input x: grad_x
  * (overwritten) and the taps' and biases' gradients (accumulated); work holds 4 NS reals */
 static void depthwise_backward(const Axis axes[3], const real *x, const real *gm, real *grad_x, const real *taps,
@@ -195,14 +205,7 @@ void recurrence_forward(const Shape *s, const real *volumes, const real *keep, c
     Axis axes[3];
     axes_init(s, mid_h + NS, axes);
     for (long k = 0; k < K; k++) {
-        if (resets[k]) {
-            for (long ch = 0; ch < C; ch++)
-                for (long n = 0; n < N; n++)
-                    for (long j = 0; j < S; j++) {
-                        h[ch * NS + n * S + j] *= keep[k * N + n];
-                        c[ch * NS + n * S + j] *= keep[k * N + n];
-                    }
-        }
+        if (resets[k]) scale_envs(h, c, keep + k * N, C, N, S);
         memcpy(cells + k * C * NS, c, sizeof(real) * C * NS);
         for (long ch = 0; ch < C; ch++) {
             memcpy(read_from + (ch * K + k) * NS, h + ch * NS, sizeof(real) * NS);
@@ -272,13 +275,6 @@ void recurrence_backward(const Shape *s, const real *volumes, const real *keep, 
                 for (long j = 0; j < NS; j++) dhc[j] += fr[j];
             }
         }
-        if (resets[k]) {
-            for (long ch = 0; ch < C; ch++)
-                for (long e = 0; e < N; e++)
-                    for (long j = 0; j < S; j++) {
-                        dh[ch * NS + e * S + j] *= keep[k * N + e];
-                        dc[ch * NS + e * S + j] *= keep[k * N + e];
-                    }
-        }
+        if (resets[k]) scale_envs(dh, dc, keep + k * N, C, N, S);
     }
 }
