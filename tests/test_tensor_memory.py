@@ -205,3 +205,21 @@ def test_single_token_attention_equals_multihead_attention():
         strict=True,
     ):
         assert (a is None and b is None) or torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ["1", "0"])
+@pytest.mark.parametrize("local", [False, True])
+def test_no_grad_forward_equals_the_training_forward(monkeypatch, kernel, local):
+    """Rollouts (no grad: the scan with the C kernel, or one reference step per chunk without it) compute
+    what training computes."""
+    monkeypatch.setenv("TMEM_CPU_KERNEL", kernel)
+    memory = _memory(chunk_size=2, local_update=local, read_norm=local)
+    tokens = torch.randn(3, 6, 8)
+    starts = torch.tensor([[0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.float32)
+    state = memory.init_state(3).apply(lambda t: torch.randn_like(t) * 0.5)
+    out, new_state = memory(tokens, state, starts)
+    with torch.no_grad():
+        out_no_grad, state_no_grad = memory(tokens, state, starts)
+    assert torch.allclose(out, out_no_grad, atol=1e-5)
+    for key in ("h", "c"):
+        assert torch.allclose(new_state[key], state_no_grad[key], atol=1e-5)
