@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import time
 
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 
 from tmem_agents.policies import EXTRACTORS
@@ -122,6 +124,8 @@ def train(probe: Probe, seed: int) -> list[tuple[int, float]]:
     if args.memory:
         kwargs["memory"] = options(args.memory)
     extractor = EXTRACTORS[args.model](space, **kwargs)
+    if args.ortho_init:
+        extractor.apply(functools.partial(BasePolicy.init_weights, gain=np.sqrt(2)))
     readout = nn.Linear(64, probe.out_dim)
     params = [*extractor.parameters(), *readout.parameters()]
     optimizer = torch.optim.Adam(params, lr=args.lr)
@@ -154,10 +158,15 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--every", type=int, default=25)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--ortho-init",
+        action="store_true",
+        help="re-initialise the extractor as SB3 policies do (orthogonal)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     probe = Probe(args)
-    settings = " ".join([args.model, *args.kwargs, *args.memory])
+    settings = " ".join([args.model, *args.kwargs, *args.memory, *(["--ortho-init"] if args.ortho_init else [])])
     print(f"{args.task} recall, delay {args.delay}{' (normalized)' if args.normalize else ''}: {settings}")
     for seed in args.seeds:
         start = time.perf_counter()
