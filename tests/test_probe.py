@@ -18,7 +18,7 @@ _SPEC.loader.exec_module(probe_recall)
 
 def _args(**overrides) -> argparse.Namespace:
     defaults = {"task": "cue", "model": "lstm", "kwargs": [], "memory": [], "normalize": False, "n_cues": 2,
-                "delay": 4, "batch": 16, "lr": 1e-2, "iterations": 30, "every": 10}  # fmt: skip
+                "delay": 4, "batch": 16, "lr": 1e-2, "iterations": 30, "every": 10, "ortho_init": False}  # fmt: skip
     return argparse.Namespace(**{**defaults, **overrides})
 
 
@@ -46,5 +46,8 @@ def test_a_memory_learns_the_cue_probe_and_every_model_runs_both_probes():
     assert [i for i, _ in curve] == [10, 20, 30] and curve[-1][1] == 1.0
     memory = ["local_update=true", "read_norm=true", "grid=[2,2,2]", "channels=2"]
     for task in ("cue", "spatial"):
-        args = _args(task=task, model="tensor_memory", memory=memory, iterations=2, every=1, normalize=task == "cue")
+        args = _args(
+            task=task, model="tensor_memory", memory=memory, iterations=2, every=1, normalize=task == "cue",
+            ortho_init=task == "spatial",
+        )  # fmt: skip
         assert len(probe_recall.train(probe_recall.Probe(args), seed=0)) == 2
