@@ -103,13 +103,11 @@ def write_gates(volumes: torch.Tensor, weights: ConvWeights, operator: Operator)
 class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, from_writes, h, c, keep, masses, pointwise, matrix, offset, *depthwise_weights):  # noqa: ANN001
+        weights = DepthwiseWeights(*depthwise_weights)
+        operator = None if matrix is None else (matrix, offset)
         steps, channels = from_writes.shape[0], h.shape[1]
         writes = from_writes.permute(2, 0, 1, 3, 4, 5).reshape(4 * channels, steps, -1)  # free after write_gates
-        h, c = _channel_major(h), _channel_major(c)
-        ctx.save_for_backward(keep, masses, pointwise, *depthwise_weights)
-        operator = None if matrix is None else (matrix, offset)
-        weights = DepthwiseWeights(*depthwise_weights)
-        c = c.view(channels, -1)
+        h, c = _channel_major(h), _channel_major(c).view(channels, -1)
         resets = (keep < 1).any(dim=1).tolist()
         # per step: sigmoid(i), sigmoid(f), sigmoid(o), tanh(g), tanh(c)
         activations = h.new_empty(steps, 5 * channels, c.shape[1])
@@ -134,6 +132,7 @@ class _Recurrence(torch.autograd.Function):
                 candidates.append(c_next)
                 c = torch.lerp(c, c_next, masses[step])
                 h = torch.lerp(h.view(channels, -1), o * tanh_c, masses[step]).view(h.shape)
+        ctx.save_for_backward(keep, masses, pointwise, *depthwise_weights)
         ctx.resets = resets
         ctx.matrix_t = None if operator is None else operator[0].transpose(1, 2).contiguous()
         ctx.read_from, ctx.cells, ctx.mixed, ctx.activations = read_from, cells, mixed, activations
@@ -145,80 +144,71 @@ class _Recurrence(torch.autograd.Function):
     def backward(ctx, grad_read_from, grad_h, grad_c):  # noqa: ANN001
         keep, masses, pointwise, *depthwise_weights = ctx.saved_tensors
         weights = DepthwiseWeights(*depthwise_weights)
-        shape = (pointwise.shape[1], *grad_h.shape[:1], *grad_h.shape[2:])  # (C, B, D, H, W)
-        channels = shape[0]
-        dh = _channel_major(grad_h).view(channels, -1)
-        dc = _channel_major(grad_c).view(channels, -1)
-        from_reads = None if grad_read_from is None else _channel_major(grad_read_from).view(-1, channels, dh.shape[1])
-        grad_gates, grad_mixed, grad_masses, dh, dc = _backward_loop(
-            ctx, weights, masses, pointwise, keep, shape, dh, dc, from_reads
+        shape = ctx.read_from[0].shape  # (C, B, D, H, W)
+        channels, steps = shape[0], len(ctx.cells)
+        dh = torch.zeros(shape, dtype=pointwise.dtype, device=pointwise.device) if grad_h is None else grad_h
+        dh = _channel_major(dh).view(channels, -1)
+        dc = torch.zeros_like(dh) if grad_c is None else _channel_major(grad_c).view(channels, -1)
+        from_reads = None if grad_read_from is None else _channel_major(grad_read_from).view(steps, channels, -1)
+        grad_gates, grad_mixed, grad_masses = [], [], []
+        slopes = dh.new_empty(5 * channels, dh.shape[1])
+        pointwise_t = pointwise.t()
+        transposed = _transposed(weights, ctx.matrix_t)
+        for step in reversed(range(steps)):
+            activations = ctx.activations[step]
+            i, f, o, g, tanh_c = activations.chunk(5)
+            if masses is not None:
+                # h, c = lerp(state, update, m): the update sees m of the gradient, the state the rest
+                h_prev = ctx.read_from[step].view(channels, -1)
+                d_mass = (dc * (ctx.candidates[step] - ctx.cells[step])).sum(0)
+                grad_masses.append(d_mass.add_((dh * (o * tanh_c - h_prev)).sum(0)))
+                kept = 1 - masses[step]
+                dh_kept, dc_kept = dh * kept, dc * kept
+                dh, dc = dh * masses[step], dc * masses[step]
+            # the activations' slopes: s (1 - s) for the sigmoids, 1 - t^2 for the tanhs
+            torch.mul(activations, activations, out=slopes)
+            torch.sub(activations[: 3 * channels], slopes[: 3 * channels], out=slopes[: 3 * channels])
+            slopes[3 * channels :].neg_().add_(1)
+            dc = torch.addcmul(dc, dh * o, slopes[4 * channels :])
+            d_gates = dh.new_empty(4 * channels, dh.shape[1])
+            d_i, d_f, d_o, d_g = d_gates.chunk(4)
+            torch.mul(dc, g, out=d_i)
+            torch.mul(dc, ctx.cells[step], out=d_f)
+            torch.mul(dh, tanh_c, out=d_o)
+            torch.mul(dc, i, out=d_g)
+            d_gates.mul_(slopes[: 4 * channels])
+            grad_gates.append(d_gates)
+            d_mixed = torch.mm(pointwise_t, d_gates)
+            grad_mixed.append(d_mixed)
+            dh = _mix_transpose(d_mixed, shape, transposed)
+            if from_reads is not None:
+                dh = dh + from_reads[step]
+            dc = dc * f
+            if masses is not None:
+                dh, dc = dh + dh_kept, dc + dc_kept
+            if ctx.resets[step]:
+                keep_rows = keep[step].view(1, -1, 1, 1, 1)
+                dh = (dh.view(shape) * keep_rows).view(channels, -1)
+                dc = (dc.view(shape) * keep_rows).view(channels, -1)
+        grad_gates.reverse()
+        grad_gates = torch.stack(grad_gates, dim=1)
+        grad_pointwise = grad_gates.view(4 * channels, -1) @ torch.stack(ctx.mixed, dim=1).view(channels, -1).t()
+        states = torch.stack(ctx.read_from, dim=1).view(channels, steps * shape[1], *shape[2:])
+        grad_mixed.reverse()
+        grad_depthwise = _depthwise_grads(
+            states, torch.stack(grad_mixed, dim=1).view(channels, -1), weights, ctx.matrix_t is not None
         )
-        mixed = torch.stack(ctx.mixed, dim=1)
-        states = torch.stack(ctx.read_from, dim=1).view(channels, -1, *shape[2:])
-        grad_depthwise = _depthwise_grads(states, grad_mixed.view(channels, -1), weights, ctx.matrix_t is not None)
-        grad_pointwise = grad_gates.view(4 * channels, -1) @ mixed.view(channels, -1).t()
-        steps = grad_gates.shape[1]
         grad_writes = grad_gates.view(4 * channels, steps, *shape[1:]).permute(1, 2, 0, 3, 4, 5)
+        grad_masses.reverse()
         return (
             grad_writes,
             dh.view(shape).transpose(0, 1),
             dc.view(shape).transpose(0, 1),
             None,
-            grad_masses.view(steps, 1, -1) if masses is not None and ctx.needs_input_grad[4] else None,
+            torch.stack(grad_masses).unsqueeze(1) if masses is not None and ctx.needs_input_grad[4] else None,
             grad_pointwise,
             *grad_depthwise,
         )
-
-
-def _backward_loop(ctx, weights, masses, pointwise, keep, shape, dh, dc, from_reads):  # noqa: ANN001, ANN202
-    """The PyTorch form of the backward's walk over the steps: the gradients of the gates ``(4C, K, N)``, of the
-    convs' outputs ``(C, K, N)`` and of the masses ``(K, N)`` (``N = B D H W``), and of the initial ``h, c``."""
-    channels, steps = shape[0], len(ctx.cells)
-    grad_gates, grad_mixed, grad_masses = [], [], []
-    slopes = dh.new_empty(5 * channels, dh.shape[1])
-    pointwise_t = pointwise.t()
-    transposed = _transposed(weights, ctx.matrix_t)
-    for step in reversed(range(steps)):
-        activations = ctx.activations[step]
-        i, f, o, g, tanh_c = activations.chunk(5)
-        if masses is not None:
-            # h, c = lerp(state, update, m): the update sees m of the gradient, the state the rest
-            h_prev = ctx.read_from[step].view(channels, -1)
-            d_mass = (dc * (ctx.candidates[step] - ctx.cells[step])).sum(0)
-            grad_masses.append(d_mass.add_((dh * (o * tanh_c - h_prev)).sum(0)))
-            kept = 1 - masses[step]
-            dh_kept, dc_kept = dh * kept, dc * kept
-            dh, dc = dh * masses[step], dc * masses[step]
-        # the activations' slopes: s (1 - s) for the sigmoids, 1 - t^2 for the tanhs
-        torch.mul(activations, activations, out=slopes)
-        torch.sub(activations[: 3 * channels], slopes[: 3 * channels], out=slopes[: 3 * channels])
-        slopes[3 * channels :].neg_().add_(1)
-        dc = torch.addcmul(dc, dh * o, slopes[4 * channels :])
-        d_gates = dh.new_empty(4 * channels, dh.shape[1])
-        d_i, d_f, d_o, d_g = d_gates.chunk(4)
-        torch.mul(dc, g, out=d_i)
-        torch.mul(dc, ctx.cells[step], out=d_f)
-        torch.mul(dh, tanh_c, out=d_o)
-        torch.mul(dc, i, out=d_g)
-        d_gates.mul_(slopes[: 4 * channels])
-        grad_gates.append(d_gates)
-        d_mixed = torch.mm(pointwise_t, d_gates)
-        grad_mixed.append(d_mixed)
-        dh = _mix_transpose(d_mixed, shape, transposed)
-        if from_reads is not None:
-            dh = dh + from_reads[step]
-        dc = dc * f
-        if masses is not None:
-            dh, dc = dh + dh_kept, dc + dc_kept
-        if ctx.resets[step]:
-            keep_rows = keep[step].view(1, -1, 1, 1, 1)
-            dh = (dh.view(shape) * keep_rows).view(channels, -1)
-            dc = (dc.view(shape) * keep_rows).view(channels, -1)
-    grad_gates.reverse()
-    grad_mixed.reverse()
-    grad_masses.reverse()
-    masses_grad = torch.stack(grad_masses) if grad_masses else None
-    return torch.stack(grad_gates, dim=1), torch.stack(grad_mixed, dim=1), masses_grad, dh, dc
 
 
 class _KernelRecurrence(torch.autograd.Function):
