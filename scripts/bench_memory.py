@@ -52,10 +52,14 @@ def bench(batch: int, side: int, repeats: int) -> dict:
             out, _ = memory(sequence, state)
             out.sum().backward()
 
+        before = os.environ.get("TMEM_CPU_KERNEL")
         for form, flag in (("kernel", "1"), ("torch", "0")):
             os.environ["TMEM_CPU_KERNEL"] = flag
             backward[form] = _median_time(forward_backward, max(1, repeats // 4)) / SEQ
-        del os.environ["TMEM_CPU_KERNEL"]
+        if before is None:
+            del os.environ["TMEM_CPU_KERNEL"]
+        else:
+            os.environ["TMEM_CPU_KERNEL"] = before
     return {
         "batch": batch,
         "grid": f"{side}^3",
