@@ -16,6 +16,7 @@ Prints the score on 512 fresh episodes every ``--every`` iterations.
     python scripts/probe_recall.py --memory local_update=true read_norm=true forget_bias_init=3 --normalize
     python scripts/probe_recall.py --model lstm --kwargs forget_bias=3 --normalize
     python scripts/probe_recall.py --task spatial --delay 10 --model tensor_memory
+    python scripts/probe_recall.py --task spatial --delay 10 --model lstm --kwargs forget_bias=3 --ortho-init --frozen
 """
 
 from __future__ import annotations
@@ -126,8 +127,10 @@ def train(probe: Probe, seed: int) -> list[tuple[int, float]]:
     extractor = EXTRACTORS[args.model](space, **kwargs)
     if args.ortho_init:
         extractor.apply(functools.partial(BasePolicy.init_weights, gain=np.sqrt(2)))
+        extractor.restore_initialisation()
+    extractor.requires_grad_(not args.frozen)
     readout = nn.Linear(64, probe.out_dim)
-    params = [*extractor.parameters(), *readout.parameters()]
+    params = [*readout.parameters()] if args.frozen else [*extractor.parameters(), *readout.parameters()]
     optimizer = torch.optim.Adam(params, lr=args.lr)
     curve = []
     for iteration in range(1, args.iterations + 1):
@@ -161,12 +164,25 @@ def main() -> None:
     parser.add_argument(
         "--ortho-init",
         action="store_true",
-        help="re-initialise the extractor as SB3 policies do (orthogonal)",
+        help="re-initialise the extractor as SB3's policies do (orthogonal, the memory keeping its own projections)",
+    )
+    parser.add_argument(
+        "--frozen",
+        action="store_true",
+        help="train the readout only: what the extractor carries at its initialisation, where PPO starts",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
     probe = Probe(args)
-    settings = " ".join([args.model, *args.kwargs, *args.memory, *(["--ortho-init"] if args.ortho_init else [])])
+    settings = " ".join(
+        [
+            args.model,
+            *args.kwargs,
+            *args.memory,
+            *(["--ortho-init"] if args.ortho_init else []),
+            *(["--frozen"] if args.frozen else []),
+        ]
+    )
     print(f"{args.task} recall, delay {args.delay}{' (normalized)' if args.normalize else ''}: {settings}")
     for seed in args.seeds:
         start = time.perf_counter()

@@ -18,7 +18,8 @@ _SPEC.loader.exec_module(probe_recall)
 
 def _args(**overrides) -> argparse.Namespace:
     defaults = {"task": "cue", "model": "lstm", "kwargs": [], "memory": [], "normalize": False, "n_cues": 2,
-                "delay": 4, "batch": 16, "lr": 1e-2, "iterations": 30, "every": 10, "ortho_init": False}  # fmt: skip
+                "delay": 4, "batch": 16, "lr": 1e-2, "iterations": 30, "every": 10, "ortho_init": False,
+                "frozen": False}  # fmt: skip
     return argparse.Namespace(**{**defaults, **overrides})
 
 
@@ -51,3 +52,21 @@ def test_a_memory_learns_the_cue_probe_and_every_model_runs_both_probes():
             ortho_init=task == "spatial",
         )  # fmt: skip
         assert len(probe_recall.train(probe_recall.Probe(args), seed=0)) == 2
+
+
+def test_frozen_probe_trains_only_the_readout(monkeypatch):
+    made = []
+    extractor_class = probe_recall.EXTRACTORS["lstm"]
+    monkeypatch.setitem(
+        probe_recall.EXTRACTORS, "lstm", lambda *a, **k: made.append(extractor_class(*a, **k)) or made[-1]
+    )
+    args = _args(kwargs=["forget_bias=3"], frozen=True, ortho_init=True)
+    probe = probe_recall.Probe(args)
+    curve = probe_recall.train(probe, seed=0)
+    torch.manual_seed(0)
+    space = probe_recall.gym.spaces.Box(-1.0, 1.0, shape=(probe.obs_dim,), dtype=np.float32)
+    fresh = extractor_class(space, features_dim=64, forget_bias=3)
+    fresh.apply(probe_recall.functools.partial(probe_recall.BasePolicy.init_weights, gain=np.sqrt(2)))
+    for trained, initial in zip(made[0].parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(trained, initial)
+    assert curve[-1][1] == 1.0  # an LSTM with forget bias 3 carries a cue over 4 steps untrained
