@@ -17,6 +17,7 @@ Prints the score on 512 fresh episodes every ``--every`` iterations.
     python scripts/probe_recall.py --model lstm --kwargs forget_bias=3 --normalize
     python scripts/probe_recall.py --task spatial --delay 10 --model tensor_memory
     python scripts/probe_recall.py --task spatial --delay 10 --model lstm --kwargs forget_bias=3 --ortho-init --frozen
+    python scripts/probe_recall.py --task spatial --delay 10 --ortho-init --reinforce every-step --batch 64
 """
 
 from __future__ import annotations
@@ -69,13 +70,25 @@ def spatial_episodes(delay: int, batch: int, generator: torch.Generator) -> tupl
 
 
 class Probe:
-    """One recall task: its episodes, the readout's size, the training loss and the score."""
+    """One recall task: its episodes, the readout's size, the training loss and the score.
+
+    The readout sees the features of every step, ``out (T, B, out_dim)``; the supervised loss and the score
+    use the last step's. With ``--reinforce`` the spatial readout is the mean of a Gaussian policy
+    (``log_std`` learned, starting at 0 as in SB3): REINFORCE on the reward ``1 - distance`` with the batch's
+    normalized reward as advantage and SB3's entropy bonus of ``ppo_recall``, 0.01. ``query`` credits the
+    query step's action only; ``every-step`` samples an action at every step and credits each with the
+    episode's advantage, as PPO's GAE with ``gae_lambda`` near 1 does when the actions before the query
+    change nothing.
+    """
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.spatial = args.task == "spatial"
+        if args.reinforce and not self.spatial:
+            raise SystemExit("--reinforce needs --task spatial (a continuous action)")
         self.obs_dim = 3 * SPATIAL_OBJECTS + 2 if self.spatial else args.n_cues + 1
         self.out_dim = 2 if self.spatial else args.n_cues
+        self.log_std = nn.Parameter(torch.zeros(self.out_dim))
 
     def episodes(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.spatial:
@@ -83,14 +96,26 @@ class Probe:
         return cue_episodes(self.args.n_cues, self.args.delay, batch, generator, self.args.normalize)
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.args.reinforce:
+            return self._policy_gradient_loss(out, target)
         if self.spatial:
-            return (out - target).pow(2).sum(-1).mean()
-        return nn.functional.cross_entropy(out, target)
+            return (out[-1] - target).pow(2).sum(-1).mean()
+        return nn.functional.cross_entropy(out[-1], target)
+
+    def _policy_gradient_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.args.reinforce == "query":
+            out = out[-1:]
+        policy = torch.distributions.Normal(out, self.log_std.exp())
+        actions = policy.sample()
+        reward = 1 - (actions[-1].clamp(-1, 1) - target).norm(dim=-1)
+        advantage = (reward - reward.mean()) / (reward.std() + 1e-8)
+        log_prob = policy.log_prob(actions).sum(-1)
+        return -(advantage * log_prob).mean() - 0.01 * policy.entropy().sum(-1).mean()
 
     def score(self, out: torch.Tensor, target: torch.Tensor) -> float:
         if self.spatial:
-            return (1 - (out.clamp(-1, 1) - target).norm(dim=-1)).mean().item()
-        return (out.argmax(-1) == target).float().mean().item()
+            return (1 - (out[-1].clamp(-1, 1) - target).norm(dim=-1)).mean().item()
+        return (out[-1].argmax(-1) == target).float().mean().item()
 
 
 def options(pairs: list[str]) -> dict:
@@ -108,11 +133,11 @@ def options(pairs: list[str]) -> dict:
 
 
 def answer(extractor: nn.Module, readout: nn.Module, obs: torch.Tensor) -> torch.Tensor:
-    """The readout of the features at the last step of episodes ``obs (T, B, obs_dim)``."""
+    """The readout of the features at every step of episodes ``obs (T, B, obs_dim)`` -> ``(T, B, out_dim)``."""
     starts = torch.zeros(obs.shape[:2])
     starts[0] = 1.0
     features, _ = extractor.sequence(obs, extractor.initial_state(obs.shape[1]), starts)
-    return readout(features[-1])
+    return readout(features)
 
 
 def train(probe: Probe, seed: int) -> list[tuple[int, float]]:
@@ -131,6 +156,10 @@ def train(probe: Probe, seed: int) -> list[tuple[int, float]]:
     extractor.requires_grad_(not args.frozen)
     readout = nn.Linear(64, probe.out_dim)
     params = [*readout.parameters()] if args.frozen else [*extractor.parameters(), *readout.parameters()]
+    if args.reinforce:
+        with torch.no_grad():
+            probe.log_std.zero_()
+        params.append(probe.log_std)
     optimizer = torch.optim.Adam(params, lr=args.lr)
     curve = []
     for iteration in range(1, args.iterations + 1):
@@ -171,6 +200,12 @@ def main() -> None:
         action="store_true",
         help="train the readout only: what the extractor carries at its initialisation, where PPO starts",
     )
+    parser.add_argument(
+        "--reinforce",
+        choices=("query", "every-step"),
+        help="spatial task: train by REINFORCE instead of squared error, crediting the query step's action "
+        "only or every step's (see Probe)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     probe = Probe(args)
@@ -181,6 +216,7 @@ def main() -> None:
             *args.memory,
             *(["--ortho-init"] if args.ortho_init else []),
             *(["--frozen"] if args.frozen else []),
+            *([f"--reinforce {args.reinforce}"] if args.reinforce else []),
         ]
     )
     print(f"{args.task} recall, delay {args.delay}{' (normalized)' if args.normalize else ''}: {settings}")

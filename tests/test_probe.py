@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tmem_agents.envs.spatial_recall import SpatialRecallEnv
@@ -19,7 +20,7 @@ _SPEC.loader.exec_module(probe_recall)
 def _args(**overrides) -> argparse.Namespace:
     defaults = {"task": "cue", "model": "lstm", "kwargs": [], "memory": [], "normalize": False, "n_cues": 2,
                 "delay": 4, "batch": 16, "lr": 1e-2, "iterations": 30, "every": 10, "ortho_init": False,
-                "frozen": False}  # fmt: skip
+                "frozen": False, "reinforce": None}  # fmt: skip
     return argparse.Namespace(**{**defaults, **overrides})
 
 
@@ -70,3 +71,13 @@ def test_frozen_probe_trains_only_the_readout(monkeypatch):
     for trained, initial in zip(made[0].parameters(), fresh.parameters(), strict=True):
         assert torch.equal(trained, initial)
     assert curve[-1][1] == 1.0  # an LSTM with forget bias 3 carries a cue over 4 steps untrained
+
+
+def test_reinforce_probe_trains_a_gaussian_policy_from_the_query_or_every_step():
+    for credit in ("query", "every-step"):
+        probe = probe_recall.Probe(_args(task="spatial", delay=2, reinforce=credit, iterations=3, every=3))
+        curve = probe_recall.train(probe, seed=0)
+        assert len(curve) == 1 and -2.0 < curve[0][1] <= 1.0
+        assert probe.log_std.abs().sum() > 0  # the exploration noise is learned
+    with pytest.raises(SystemExit, match="--task spatial"):
+        probe_recall.Probe(_args(reinforce="query"))
