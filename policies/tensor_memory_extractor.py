@@ -73,12 +73,11 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.head = nn.Sequential(nn.Linear(token_dim, features_dim), nn.ReLU())
 
     def restore_initialisation(self) -> None:
-        """Give the memory back its own projections. Orthogonal rows of norm ``sqrt(2)`` (PyTorch's are about
-        0.55 here) compound through the write input into the coordinate, spread and strength heads: writes
-        land in the grid's corners, strengths sit at 0 or 1, and at the start of training the query-step
-        features of spatial recall depend on the shown objects by about 1e-10 (by 5e-2 with the memory's own
-        initialisation; ``docs/results.md``)."""
-        self.memory.reset_projections()
+        """Give the memory back its own coordinate head. With SB3's rows of norm ``sqrt(2)`` on top of the
+        write input's, the coordinates' pre-``tanh`` values have a spread of about 2: reads and writes start
+        pinned to the grid's corners, where ``tanh`` passes almost no gradient, and in some draws the memory
+        starts silent (``docs/design.md``). The rest of the memory keeps SB3's scale."""
+        self.memory.reset_coordinates()
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> TensorDict:
         return self.memory.init_state(batch_size, device=device or self._device())

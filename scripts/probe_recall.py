@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument(
         "--ortho-init",
         action="store_true",
-        help="re-initialise the extractor as SB3's policies do (orthogonal, the memory keeping its own projections)",
+        help="re-initialise the extractor as SB3's policies do (orthogonal; the memory keeps its coordinate head)",
     )
     parser.add_argument(
         "--frozen",

@@ -52,13 +52,10 @@ class TensorMemory(nn.Module):
         self.read_norm = nn.LayerNorm(channels) if config.read_norm else nn.Identity()
         self.out_proj = nn.Linear(channels, token_dim)
 
-    def reset_projections(self) -> None:
-        """Re-draw the linear projections (write input, coordinates, content, spread, strength, output) with
-        PyTorch's ``nn.Linear`` initialisation; the state update's taps and gates and the head biases given by
-        the config are untouched."""
-        for layer in (self.write_proj, self.coord, self.content, self.spread, self.strength, self.out_proj):
-            if layer is not None:
-                layer.reset_parameters()
+    def reset_coordinates(self) -> None:
+        """Re-draw the coordinate head with PyTorch's ``nn.Linear`` initialisation (the other parameters are
+        untouched)."""
+        self.coord.reset_parameters()
 
     @property
     def state_shape(self) -> tuple[int, int, int, int]:
