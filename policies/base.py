@@ -46,14 +46,6 @@ class RecurrentFeaturesExtractor(BaseFeaturesExtractor):
         """State at an episode start for ``batch_size`` envs."""
         return TensorDict({}, batch_size=[batch_size], device=device)
 
-    def restore_initialisation(self) -> None:
-        """Undo SB3's orthogonal initialisation where it harms the recurrent core.
-
-        ``ActorCriticPolicy`` re-initialises every ``nn.Linear`` of the extractor orthogonally with gain
-        ``sqrt(2)`` and zero biases; :class:`~tmem_agents.policies.recurrent_policy.RecurrentActorCriticPolicy`
-        calls this right after. Default: nothing.
-        """
-
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
         """One step from a state already reset where episodes start: obs ``(B, ...)`` -> features ``(B, F)``."""
         raise NotImplementedError

@@ -72,13 +72,6 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.norm = nn.LayerNorm(token_dim)
         self.head = nn.Sequential(nn.Linear(token_dim, features_dim), nn.ReLU())
 
-    def restore_initialisation(self) -> None:
-        """Give the memory back its own coordinate head. With SB3's rows of norm ``sqrt(2)`` on top of the
-        write input's, the coordinates' pre-``tanh`` values have a spread of about 2: reads and writes start
-        pinned to the grid's corners, where ``tanh`` passes almost no gradient, and in some draws the memory
-        starts silent (``docs/design.md``). The rest of the memory keeps SB3's scale."""
-        self.memory.reset_coordinates()
-
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> TensorDict:
         return self.memory.init_state(batch_size, device=device or self._device())
 

@@ -152,7 +152,6 @@ def train(probe: Probe, seed: int) -> list[tuple[int, float]]:
     extractor = EXTRACTORS[args.model](space, **kwargs)
     if args.ortho_init:
         extractor.apply(functools.partial(BasePolicy.init_weights, gain=np.sqrt(2)))
-        extractor.restore_initialisation()
     extractor.requires_grad_(not args.frozen)
     readout = nn.Linear(64, probe.out_dim)
     params = [*readout.parameters()] if args.frozen else [*extractor.parameters(), *readout.parameters()]
@@ -193,7 +192,7 @@ def main() -> None:
     parser.add_argument(
         "--ortho-init",
         action="store_true",
-        help="re-initialise the extractor as SB3's policies do (orthogonal; the memory keeps its coordinate head)",
+        help="re-initialise the extractor as SB3's policies do (orthogonal)",
     )
     parser.add_argument(
         "--frozen",

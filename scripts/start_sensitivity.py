@@ -7,7 +7,6 @@ and with respect to the query's observation. Their ratio is the shown objects' s
 respond to, 13 steps later; a ratio near 0 means the memory starts silent and PPO's gradient cannot reach it.
 
     python scripts/start_sensitivity.py model=tensor_memory model.memory.local_update=true --seeds 16
-    python scripts/start_sensitivity.py model=tensor_memory model.memory.local_update=true --sb3-init
     python scripts/start_sensitivity.py model=lstm model.forget_bias=3.0
 """
 
@@ -21,8 +20,6 @@ import torch
 from tmem_agents.config_schema import compose
 from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.envs.spatial_recall import SpatialRecallEnv
-from tmem_agents.policies import TensorMemoryExtractor
-from tmem_agents.policies.base import RecurrentFeaturesExtractor
 from tmem_agents.train import build_model
 
 EPISODES = 32
@@ -55,18 +52,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="tmem-train overrides, e.g. model=lstm model.forget_bias=3.0")
     parser.add_argument("--seeds", type=int, default=16, help="seeds 0..N-1")
-    parser.add_argument(
-        "--sb3-init",
-        action="store_true",
-        help="leave SB3's orthogonal initialisation on the memory's coordinate head too (no restore_initialisation)",
-    )
     args = parser.parse_args()
-    if args.sb3_init:
-        TensorMemoryExtractor.restore_initialisation = RecurrentFeaturesExtractor.restore_initialisation
     torch.set_num_threads(1)
     obs = episodes(EPISODES)
     shares = np.array([shown_share(args.overrides, seed, obs) for seed in range(args.seeds)])
-    print(" ".join([*args.overrides, *(["--sb3-init"] if args.sb3_init else [])]) or "defaults")
+    print(" ".join(args.overrides) or "defaults")
     print("per seed: " + " ".join(f"{share:.1e}" for share in shares))
     print(
         f"median {np.median(shares):.2e}, min {shares.min():.1e}, silent (< 1e-6): {(shares < 1e-6).sum()}/{args.seeds}"

@@ -14,7 +14,6 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
 
 from tmem_agents import MemoryPPO
 from tmem_agents.algos import NonFiniteError
-from tmem_agents.envs.spatial_recall import SpatialRecallEnv
 from tmem_agents.evaluation import evaluate
 from tmem_agents.policies import EXTRACTORS
 
@@ -237,36 +236,3 @@ def test_default_optimizer_is_sb3_adam_with_the_fused_update_and_kwargs_override
     assert group["eps"] == 1e-5 and group["fused"]
     custom = _model(env, policy_kwargs={"optimizer_kwargs": {"eps": 1e-8}}).policy.optimizer.param_groups[0]
     assert custom["eps"] == 1e-8 and not custom["fused"]
-
-
-@pytest.mark.parametrize("share", [True, False])
-def test_orthogonal_init_leaves_the_memory_its_own_coordinate_head_so_shown_objects_reach_the_query(share):
-    env = make_vec_env(SpatialRecallEnv, n_envs=2, seed=0)
-    kwargs = {"memory": {"local_update": True, "read_norm": True}}  # the extractor's 4x4x4 grid of 8 channels
-    policy_kwargs = {"features_extractor_kwargs": kwargs, "share_features_extractor": share}
-    policy = _model(env, policy_kwargs=policy_kwargs).policy
-    for extractor in policy._extractors().values():
-        memory = extractor.memory
-        assert memory.coord.weight.norm(dim=1).max() < 1.0  # nn.Linear's init; SB3's orthogonal rows have norm sqrt(2)
-        for layer in (memory.content, memory.out_proj, extractor.head[0]):  # the rest keeps SB3's init: W^T W = 2 I
-            gram = (
-                layer.weight.T @ layer.weight
-                if layer.weight.shape[0] >= layer.weight.shape[1]
-                else layer.weight @ layer.weight.T
-            )
-            torch.testing.assert_close(gram, 2 * torch.eye(gram.shape[0]), atol=1e-5, rtol=0)
-        optimized = {id(p) for group in policy.optimizer.param_groups for p in group["params"]}
-        assert all(id(p) in optimized for p in memory.parameters())
-        # the query-step features depend on the objects shown 13 steps earlier
-        spatial = SpatialRecallEnv()
-        batch = 16
-        first = torch.tensor(np.stack([spatial.reset(seed=i)[0] for i in range(batch)]), requires_grad=True)
-        blank = torch.zeros(12, batch, first.shape[1])
-        query = torch.zeros(1, batch, first.shape[1])
-        query[0, :, -1], query[0, :, 6] = 1.0, 1.0
-        obs = torch.cat([first.unsqueeze(0).expand(3, -1, -1), blank, query])
-        starts = torch.zeros(obs.shape[:2])
-        starts[0] = 1.0
-        features, _ = extractor.sequence(obs, extractor.initial_state(batch), starts)
-        (grad,) = torch.autograd.grad(features[-1].pow(2).sum(), first)
-        assert grad.abs().mean() > 1e-3

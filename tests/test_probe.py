@@ -81,3 +81,17 @@ def test_reinforce_probe_trains_a_gaussian_policy_from_the_query_or_every_step()
         assert probe.log_std.abs().sum() > 0  # the exploration noise is learned
     with pytest.raises(SystemExit, match="--task spatial"):
         probe_recall.Probe(_args(reinforce="query"))
+
+
+def test_start_sensitivity_tells_a_memory_that_carries_the_objects_from_one_that_does_not():
+    spec = importlib.util.spec_from_file_location(
+        "start_sensitivity", Path(__file__).resolve().parents[1] / "scripts" / "start_sensitivity.py"
+    )
+    start_sensitivity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(start_sensitivity)
+    obs = start_sensitivity.episodes(4)
+    assert obs.shape == (14, 4, 11)
+    carrying = start_sensitivity.shown_share(["model=lstm", "model.forget_bias=3.0"], 0, obs)
+    forgetting = start_sensitivity.shown_share(["model=lstm", "model.forget_bias=-10.0"], 0, obs)
+    stateless = start_sensitivity.shown_share(["model=mlp"], 0, obs)
+    assert carrying > 0.1 > forgetting and stateless == 0.0

@@ -52,11 +52,6 @@ class TensorMemory(nn.Module):
         self.read_norm = nn.LayerNorm(channels) if config.read_norm else nn.Identity()
         self.out_proj = nn.Linear(channels, token_dim)
 
-    def reset_coordinates(self) -> None:
-        """Re-draw the coordinate head with PyTorch's ``nn.Linear`` initialisation (the other parameters are
-        untouched)."""
-        self.coord.reset_parameters()
-
     @property
     def state_shape(self) -> tuple[int, int, int, int]:
         """``(C, D, H, W)`` of each of ``h`` and ``c``."""
