@@ -154,7 +154,7 @@ def train(probe: Probe, seed: int) -> list[tuple[int, float]]:
         extractor.apply(functools.partial(BasePolicy.init_weights, gain=np.sqrt(2)))
     extractor.requires_grad_(not args.frozen)
     readout = nn.Linear(64, probe.out_dim)
-    params = [*readout.parameters()] if args.frozen else [*extractor.parameters(), *readout.parameters()]
+    params = [p for p in (*extractor.parameters(), *readout.parameters()) if p.requires_grad]
     if args.reinforce:
         with torch.no_grad():
             probe.log_std.zero_()
