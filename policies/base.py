@@ -46,6 +46,14 @@ class RecurrentFeaturesExtractor(BaseFeaturesExtractor):
         """State at an episode start for ``batch_size`` envs."""
         return TensorDict({}, batch_size=[batch_size], device=device)
 
+    def restore_initialisation(self) -> None:
+        """Give back the parts of the extractor whose own start SB3's orthogonal initialisation overwrites.
+
+        ``ActorCriticPolicy`` redraws every ``nn.Linear`` of the extractor orthogonally (gain ``sqrt(2)``, zero
+        biases); :class:`~tmem_agents.policies.recurrent_policy.RecurrentActorCriticPolicy` calls this right
+        after. Default: nothing.
+        """
+
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
         """One step from a state already reset where episodes start: obs ``(B, ...)`` -> features ``(B, F)``."""
         raise NotImplementedError

@@ -48,6 +48,12 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
             observation_space, action_space, lr_schedule, features_extractor_class=features_extractor_class, **kwargs
         )
 
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        if self.ortho_init:
+            for extractor in self._extractors().values():
+                extractor.restore_initialisation()
+
     def _extractors(self) -> dict[str, RecurrentFeaturesExtractor]:
         if self.share_features_extractor:
             return {"pi": self.features_extractor}

@@ -72,6 +72,14 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.norm = nn.LayerNorm(token_dim)
         self.head = nn.Sequential(nn.Linear(token_dim, features_dim), nn.ReLU())
 
+    def restore_initialisation(self) -> None:
+        """Give the memory back its own location, spread and strength heads
+        (:meth:`TensorMemory.reset_write_heads`). Under SB3's rows of norm ``sqrt(2)`` they start far from it:
+        reads and writes pinned to the grid's corners, every write at its own spread and strength, and what
+        the grid holds of a write depends on where it landed more than on what it carried (``docs/results.md``).
+        """
+        self.memory.reset_write_heads()
+
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> TensorDict:
         return self.memory.init_state(batch_size, device=device or self._device())
 

@@ -152,6 +152,7 @@ def train(probe: Probe, seed: int) -> list[tuple[int, float]]:
     extractor = EXTRACTORS[args.model](space, **kwargs)
     if args.ortho_init:
         extractor.apply(functools.partial(BasePolicy.init_weights, gain=np.sqrt(2)))
+        extractor.restore_initialisation()
     extractor.requires_grad_(not args.frozen)
     readout = nn.Linear(64, probe.out_dim)
     params = [p for p in (*extractor.parameters(), *readout.parameters()) if p.requires_grad]
@@ -192,7 +193,7 @@ def main() -> None:
     parser.add_argument(
         "--ortho-init",
         action="store_true",
-        help="re-initialise the extractor as SB3's policies do (orthogonal)",
+        help="re-initialise the extractor as the policy does (SB3's orthogonal init, then restore_initialisation)",
     )
     parser.add_argument(
         "--frozen",

@@ -1,10 +1,14 @@
 """How much a freshly initialised agent's memory carries on spatial recall, where PPO starts.
 
-For each seed, builds the policy exactly as ``tmem-train`` does (SB3's orthogonal initialisation included),
-runs 32 episodes of ``tmem/SpatialRecall-v0`` through its features extractor, and compares two gradients of
-the query-step features ``|f|^2``: with respect to the observations of the 3 steps that show the objects,
-and with respect to the query's observation. Their ratio is the shown objects' share of what the features
-respond to, 13 steps later; a ratio near 0 means the memory starts silent and PPO's gradient cannot reach it.
+For each seed, builds the policy exactly as ``tmem-train`` does (SB3's orthogonal initialisation included)
+and runs episodes of ``tmem/SpatialRecall-v0`` through its features extractor. Two measures per seed:
+
+* the shown objects' share: over 32 episodes, the gradient of the query-step features ``|f|^2`` with respect
+  to the observations of the 3 steps that show the objects, over that with respect to the query's
+  observation. Near 0 the memory starts silent and PPO's gradient cannot reach it;
+* the readout R^2: a ridge regression from the query-step features to the 6 shown coordinates, fitted on
+  1,024 episodes and scored on 1,024 others. 1 means a linear head (the policy's and the critic's) can read
+  where every object was from the first update on.
 
     python scripts/start_sensitivity.py model=tensor_memory model.memory.local_update=true --seeds 16
     python scripts/start_sensitivity.py model=lstm model.forget_bias=3.0
@@ -20,13 +24,16 @@ import torch
 from tmem_agents.config_schema import compose
 from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.envs.spatial_recall import SpatialRecallEnv
+from tmem_agents.policies.base import RecurrentFeaturesExtractor
 from tmem_agents.train import build_model
 
 EPISODES = 32
+READOUT_EPISODES = 2048
 
 
 def episodes(batch: int) -> torch.Tensor:
-    """Observations ``(14, batch, 11)`` of spatial-recall episodes (seeds ``0..batch-1``)."""
+    """Observations ``(14, batch, 11)`` of spatial-recall episodes (seeds ``0..batch-1``); the first step
+    shows the objects' coordinates in its first 6 entries."""
     envs = [SpatialRecallEnv() for _ in range(batch)]
     steps = [np.stack([env.reset(seed=i)[0] for i, env in enumerate(envs)])]
     while len(steps) < envs[0].show_steps + envs[0].delay + 1:
@@ -34,18 +41,42 @@ def episodes(batch: int) -> torch.Tensor:
     return torch.tensor(np.stack(steps))
 
 
-def shown_share(overrides: list[str], seed: int, obs: torch.Tensor) -> float:
-    """Gradient of the query-step features w.r.t. the shown steps, over that w.r.t. the query step."""
+def fresh_extractor(overrides: list[str], seed: int) -> RecurrentFeaturesExtractor:
+    """The features extractor of the policy ``tmem-train`` would build for spatial recall from ``seed``."""
     cfg = compose("train", ["env=spatial_recall", "algo=ppo_recall", *overrides, f"seed={seed}"])
     env = normalize(make_envs(cfg.env, 1, cfg.seed, "dummy"), cfg.algo)
     extractor = build_model(cfg, env).policy.features_extractor
     env.close()
-    obs = obs.clone().requires_grad_(True)
+    return extractor
+
+
+def query_features(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor) -> torch.Tensor:
+    """Features ``(B, F)`` at the last step of episodes ``(T, B, obs_dim)`` run from the initial state."""
     starts = torch.zeros(obs.shape[:2])
     starts[0] = 1.0
     features, _ = extractor.sequence(obs, extractor.initial_state(obs.shape[1]), starts)
-    (grad,) = torch.autograd.grad(features[-1].pow(2).sum(), obs)
+    return features[-1]
+
+
+def shown_share(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor) -> float:
+    """Gradient of the query-step features w.r.t. the shown steps, over that w.r.t. the query step."""
+    obs = obs.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(query_features(extractor, obs).pow(2).sum(), obs)
     return (grad[:3].abs().mean() / grad[-1].abs().mean()).item()
+
+
+def readout_r2(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor) -> float:
+    """Held-out R^2 (mean over the 6 coordinates) of a ridge readout of the shown positions from the
+    query-step features: fitted on the first half of the episodes ``(T, B, obs_dim)``, scored on the second."""
+    with torch.no_grad():
+        features = query_features(extractor, obs).double()
+    x = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], dim=1)
+    y = obs[0, :, :6].double()
+    half = len(x) // 2
+    ridge = 1e-3 * torch.eye(x.shape[1], dtype=x.dtype)
+    weights = torch.linalg.solve(x[:half].T @ x[:half] + ridge, x[:half].T @ y[:half])
+    residual = y[half:] - x[half:] @ weights
+    return (1 - residual.pow(2).sum(0) / (y[half:] - y[half:].mean(0)).pow(2).sum(0)).mean().item()
 
 
 def main() -> None:
@@ -54,13 +85,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=16, help="seeds 0..N-1")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    obs = episodes(EPISODES)
-    shares = np.array([shown_share(args.overrides, seed, obs) for seed in range(args.seeds)])
+    obs, readout_obs = episodes(EPISODES), episodes(READOUT_EPISODES)
+    extractors = [fresh_extractor(args.overrides, seed) for seed in range(args.seeds)]
+    shares = np.array([shown_share(extractor, obs) for extractor in extractors])
+    r2 = np.array([readout_r2(extractor, readout_obs) for extractor in extractors])
     print(" ".join(args.overrides) or "defaults")
     print("per seed: " + " ".join(f"{share:.1e}" for share in shares))
     print(
         f"median {np.median(shares):.2e}, min {shares.min():.1e}, silent (< 1e-6): {(shares < 1e-6).sum()}/{args.seeds}"
     )
+    print("readout R^2 per seed: " + " ".join(f"{value:.2f}" for value in r2))
+    print(f"readout R^2 median {np.median(r2):.2f}, min {r2.min():.2f}")
 
 
 if __name__ == "__main__":

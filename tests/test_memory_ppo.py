@@ -98,6 +98,19 @@ def test_action_spaces(action_space):
     assert all(action_space.contains(np.asarray(a, dtype=action_space.dtype)) for a in actions)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_policy_keeps_sb3_init_but_gives_the_memory_its_write_heads_back(shared):
+    env = make_vec_env(ToyEnv, n_envs=2, seed=0)
+    kwargs = {**SMALL["tensor_memory"], "memory": {**SMALL["tensor_memory"]["memory"], "local_update": True}}
+    policy = _model(env, policy_kwargs={"share_features_extractor": shared, "features_extractor_kwargs": kwargs}).policy
+    for extractor in policy._extractors().values():
+        memory = extractor.memory
+        assert memory.spread.weight.abs().max() == 0 and memory.strength.weight.abs().max() == 0
+        assert memory.coord.weight.abs().max() <= 1 / 16**0.5
+        gram = memory.write_proj.weight @ memory.write_proj.weight.T  # SB3's orthogonal rows, gain sqrt(2)
+        assert torch.allclose(gram, 2.0 * torch.eye(gram.shape[0]), atol=1e-4)
+
+
 def test_vecnormalize_callbacks_logger_and_not_shared_extractors(tmp_path):
     env = VecNormalize(make_vec_env(ToyEnv, n_envs=2, seed=0))
 

@@ -91,7 +91,12 @@ def test_start_sensitivity_tells_a_memory_that_carries_the_objects_from_one_that
     spec.loader.exec_module(start_sensitivity)
     obs = start_sensitivity.episodes(4)
     assert obs.shape == (14, 4, 11)
-    carrying = start_sensitivity.shown_share(["model=lstm", "model.forget_bias=3.0"], 0, obs)
-    forgetting = start_sensitivity.shown_share(["model=lstm", "model.forget_bias=-10.0"], 0, obs)
-    stateless = start_sensitivity.shown_share(["model=mlp"], 0, obs)
-    assert carrying > 0.1 > forgetting and stateless == 0.0
+    lstm = ["model=lstm", "model.forget_bias=3.0"], ["model=lstm", "model.forget_bias=-10.0"]
+    carrying, forgetting, stateless = (
+        start_sensitivity.fresh_extractor(overrides, 0) for overrides in (*lstm, ["model=mlp"])
+    )
+    share = start_sensitivity.shown_share
+    assert share(carrying, obs) > 0.1 > share(forgetting, obs) and share(stateless, obs) == 0.0
+    readout_obs = start_sensitivity.episodes(256)
+    assert start_sensitivity.readout_r2(carrying, readout_obs) > 0.9
+    assert start_sensitivity.readout_r2(stateless, readout_obs) < 0.1

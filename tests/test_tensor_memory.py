@@ -189,6 +189,22 @@ def test_local_update_keeps_the_state_where_the_memory_declines_to_write():
         assert torch.allclose(kept["h"], state["h"]) and torch.allclose(kept["c"], state["c"])
 
 
+def test_writes_start_with_one_spread_and_strength_and_reset_write_heads_restores_that():
+    memory = _memory(local_update=True)
+    tokens = torch.randn(5, 8) * 3.0
+    _, locations, sigma, strength = memory.write_terms(tokens)
+    assert torch.allclose(sigma, sigma[0].expand_as(sigma)) and torch.allclose(strength, torch.full_like(strength, 0.5))
+    assert locations.std(0).min() > 0  # the coordinates still depend on the token
+    with torch.no_grad():
+        for layer in (memory.coord, memory.spread, memory.strength, memory.content):
+            layer.weight.normal_(0.0, 2.0)  # as an outside initialiser (SB3's orthogonal one) would leave them
+    content = memory.content.weight.clone()
+    memory.reset_write_heads()
+    assert memory.spread.weight.abs().max() == 0 and memory.strength.weight.abs().max() == 0
+    assert memory.coord.weight.abs().max() <= 1 / 8**0.5  # nn.Linear's draw
+    assert torch.equal(memory.content.weight, content)
+
+
 def test_single_token_attention_equals_multihead_attention():
     torch.manual_seed(0)
     block = PreNormBlock(8, heads=2).double()

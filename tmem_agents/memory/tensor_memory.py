@@ -48,9 +48,26 @@ class TensorMemory(nn.Module):
         if config.local_update:
             self.strength = nn.Linear(token_dim, 1, bias=False)
             self.strength_bias = nn.Parameter(torch.tensor(float(config.strength_bias_init)))
+        self._zero_write_heads()
         self.update = FactorizedGateConv(channels, config.forget_bias_init)
         self.read_norm = nn.LayerNorm(channels) if config.read_norm else nn.Identity()
         self.out_proj = nn.Linear(channels, token_dim)
+
+    def _zero_write_heads(self) -> None:
+        nn.init.zeros_(self.spread.weight)
+        if self.strength is not None:
+            nn.init.zeros_(self.strength.weight)
+
+    def reset_write_heads(self) -> None:
+        """Re-draw the coordinate head as ``nn.Linear`` does and zero the spread and strength weights.
+
+        The memory's own start: coordinates near the centre for every token, so reads and writes start close
+        together, and every write with the spread and strength their biases give (``sigma_bias_init``,
+        ``strength_bias_init``), so what a write leaves in the grid is set by its content until training makes
+        where and how wide it writes depend on the token. Policies call this after their own initialisation.
+        """
+        self.coord.reset_parameters()
+        self._zero_write_heads()
 
     @property
     def state_shape(self) -> tuple[int, int, int, int]:
