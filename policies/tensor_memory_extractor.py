@@ -73,10 +73,11 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.head = nn.Sequential(nn.Linear(token_dim, features_dim), nn.ReLU())
 
     def restore_initialisation(self) -> None:
-        """Give the memory back its own location, spread and strength heads
-        (:meth:`TensorMemory.reset_write_heads`). Under SB3's rows of norm ``sqrt(2)`` they start far from it:
-        reads and writes pinned to the grid's corners, every write at its own spread and strength, and what
-        the grid holds of a write depends on where it landed more than on what it carried (``docs/results.md``).
+        """Give the memory back its own coordinate, content, spread and strength heads
+        (:meth:`TensorMemory.reset_write_heads`). Under SB3's rows of norm ``sqrt(2)`` reads and writes start
+        pinned to the grid's corners, each write at its own spread and strength, with contents the gates
+        saturate on: the grid then holds a write by where it landed more than by what it carried, and a linear
+        head reads little of it (``scripts/start_sensitivity.py``, ``docs/results.md``).
         """
         self.memory.reset_write_heads()
 

@@ -106,7 +106,7 @@ def test_policy_keeps_sb3_init_but_gives_the_memory_its_write_heads_back(shared)
     for extractor in policy._extractors().values():
         memory = extractor.memory
         assert memory.spread.weight.abs().max() == 0 and memory.strength.weight.abs().max() == 0
-        assert memory.coord.weight.abs().max() <= 1 / 16**0.5
+        assert max(memory.coord.weight.abs().max(), memory.content.weight.abs().max()) <= 1 / 16**0.5
         gram = memory.write_proj.weight @ memory.write_proj.weight.T  # SB3's orthogonal rows, gain sqrt(2)
         assert torch.allclose(gram, 2.0 * torch.eye(gram.shape[0]), atol=1e-4)
 

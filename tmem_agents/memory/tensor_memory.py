@@ -59,14 +59,16 @@ class TensorMemory(nn.Module):
             nn.init.zeros_(self.strength.weight)
 
     def reset_write_heads(self) -> None:
-        """Re-draw the coordinate head as ``nn.Linear`` does and zero the spread and strength weights.
+        """Re-draw the coordinate and content heads as ``nn.Linear`` does and zero the spread and strength weights.
 
         The memory's own start: coordinates near the centre for every token, so reads and writes start close
-        together, and every write with the spread and strength their biases give (``sigma_bias_init``,
-        ``strength_bias_init``), so what a write leaves in the grid is set by its content until training makes
-        where and how wide it writes depend on the token. Policies call this after their own initialisation.
+        together; contents small enough that the gates pass them nearly linearly; and every write with the
+        spread and strength their biases give (``sigma_bias_init``, ``strength_bias_init``), so what a write
+        leaves in the grid is set by its content until training makes where and how wide it writes depend on
+        the token. Policies call this after their own initialisation.
         """
         self.coord.reset_parameters()
+        self.content.reset_parameters()
         self._zero_write_heads()
 
     @property
