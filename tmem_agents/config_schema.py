@@ -80,15 +80,15 @@ class MemoryGridConfig:
     """Fields of :class:`tmem_agents.memory.TensorMemoryConfig` exposed to configs (``None``: its default)."""
 
     grid: list[int] = field(default_factory=lambda: [4, 4, 4])
-    channels: int = 8
+    channels: int = 16
     chunk_size: int | None = None
     sigma_scale: float = 1.0
     write_radius: int | None = None
     gate_init: float = 0.0
-    forget_bias_init: float = 1.0
-    local_update: bool = False
-    strength_bias_init: float = 0.0
-    read_norm: bool = False
+    forget_bias_init: float = 3.0
+    local_update: bool = True
+    strength_bias_init: float = -2.0
+    read_norm: bool = True
     backend: str = "auto"
 
 
