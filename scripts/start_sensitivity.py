@@ -1,7 +1,8 @@
 """How much a freshly initialised agent's memory carries on spatial recall, where PPO starts.
 
-For each seed, builds the policy exactly as ``tmem-train`` does (SB3's orthogonal initialisation included)
-and runs episodes of ``tmem/SpatialRecall-v0`` through its features extractor. Two measures per seed:
+For each seed, builds the policy exactly as ``tmem-train`` does (SB3's orthogonal initialisation, then the
+extractor's ``restore_initialisation``) and runs episodes of ``tmem/SpatialRecall-v0`` through its features
+extractor. Two measures per seed:
 
 * the shown objects' share: over 32 episodes, the gradient of the query-step features ``|f|^2`` with respect
   to the observations of the 3 steps that show the objects, over that with respect to the query's
@@ -10,16 +11,19 @@ and runs episodes of ``tmem/SpatialRecall-v0`` through its features extractor. T
   1,024 episodes and scored on 1,024 others. 1 means a linear head (the policy's and the critic's) can read
   where every object was from the first update on.
 
-    python scripts/start_sensitivity.py model=tensor_memory model.memory.local_update=true --seeds 16
+    python scripts/start_sensitivity.py model=tensor_memory --seeds 16
+    python scripts/start_sensitivity.py model=tensor_memory --sb3-init     # the memory's heads as SB3 draws them
     python scripts/start_sensitivity.py model=lstm model.forget_bias=3.0
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 import numpy as np
 import torch
+from stable_baselines3.common.policies import BasePolicy
 
 from tmem_agents.config_schema import compose
 from tmem_agents.env_factory import make_envs, normalize
@@ -41,12 +45,18 @@ def episodes(batch: int) -> torch.Tensor:
     return torch.tensor(np.stack(steps))
 
 
-def fresh_extractor(overrides: list[str], seed: int) -> RecurrentFeaturesExtractor:
-    """The features extractor of the policy ``tmem-train`` would build for spatial recall from ``seed``."""
+def fresh_extractor(overrides: list[str], seed: int, sb3_init: bool = False) -> RecurrentFeaturesExtractor:
+    """The features extractor of the policy ``tmem-train`` would build for spatial recall from ``seed``.
+
+    ``sb3_init`` draws SB3's orthogonal initialisation over the whole extractor again, without the
+    extractor's ``restore_initialisation``: the start the Tensor Memory had before its heads were restored.
+    """
     cfg = compose("train", ["env=spatial_recall", "algo=ppo_recall", *overrides, f"seed={seed}"])
     env = normalize(make_envs(cfg.env, 1, cfg.seed, "dummy"), cfg.algo)
     extractor = build_model(cfg, env).policy.features_extractor
     env.close()
+    if sb3_init:
+        extractor.apply(functools.partial(BasePolicy.init_weights, gain=np.sqrt(2)))
     return extractor
 
 
@@ -83,13 +93,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="tmem-train overrides, e.g. model=lstm model.forget_bias=3.0")
     parser.add_argument("--seeds", type=int, default=16, help="seeds 0..N-1")
+    parser.add_argument(
+        "--sb3-init", action="store_true", help="SB3's orthogonal init on the whole extractor, heads not restored"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     obs, readout_obs = episodes(EPISODES), episodes(READOUT_EPISODES)
-    extractors = [fresh_extractor(args.overrides, seed) for seed in range(args.seeds)]
+    extractors = [fresh_extractor(args.overrides, seed, args.sb3_init) for seed in range(args.seeds)]
     shares = np.array([shown_share(extractor, obs) for extractor in extractors])
     r2 = np.array([readout_r2(extractor, readout_obs) for extractor in extractors])
-    print(" ".join(args.overrides) or "defaults")
+    print(" ".join(args.overrides) or "defaults", "(SB3's init on the whole extractor)" if args.sb3_init else "")
     print("per seed: " + " ".join(f"{share:.1e}" for share in shares))
     print(
         f"median {np.median(shares):.2e}, min {shares.min():.1e}, silent (< 1e-6): {(shares < 1e-6).sum()}/{args.seeds}"

@@ -100,3 +100,6 @@ def test_start_sensitivity_tells_a_memory_that_carries_the_objects_from_one_that
     readout_obs = start_sensitivity.episodes(256)
     assert start_sensitivity.readout_r2(carrying, readout_obs) > 0.9
     assert start_sensitivity.readout_r2(stateless, readout_obs) < 0.1
+    restored = start_sensitivity.fresh_extractor(["model=tensor_memory"], 0).memory
+    redrawn = start_sensitivity.fresh_extractor(["model=tensor_memory"], 0, sb3_init=True).memory
+    assert restored.spread.weight.abs().max() == 0 < redrawn.spread.weight.abs().max()
