@@ -17,7 +17,8 @@ class TensorMemoryConfig:
         channels: ``C``, feature channels per cell.
         chunk_size: tokens per memory step; each chunk reads once and writes once.
         sigma_scale: scale of the write spread ``sigma`` (grid units, ``[-1, 1]`` per axis).
-        sigma_bias_init: initial bias of the spread head (softplus(1.0) ~ 1.3 before scaling).
+        sigma_bias_init: initial bias of the spread head, whose weights start at zero: every write starts with
+            this spread (softplus(1.0) ~ 1.3 before scaling).
         write_radius: ``None`` for the dense write, else ``R``: only the ``(2R+1)^3`` cells around
             the nearest cell receive the write (for large grids).
         gate_init: initial logit of the fusion gate, ``sigmoid(-2) ~ 0.12``.
@@ -27,7 +28,8 @@ class TensorMemoryConfig:
             gives each cell the mass ``m = a exp(-|pos - p_w|^2 / (2 sigma^2))`` and the cell moves from its state
             by ``m`` towards the LSTM update (``h + m (h' - h)``), so cells no write reaches keep their state
             and a token can decline to write. ``False`` (reference) updates every cell at every step.
-        strength_bias_init: initial bias of the write-strength head (``sigmoid(0) = 0.5``).
+        strength_bias_init: initial bias of the write-strength head, whose weights start at zero: every write
+            starts with this strength (``sigmoid(0) = 0.5``).
         read_norm: a LayerNorm over the read's ``C`` channels before ``out_proj``, so what the memory holds
             reaches the tokens at unit scale however small ``h`` is (``False``: the reference's plain projection).
         padding_mode: read padding, ``"border"`` (reference) or ``"zeros"``.
