@@ -21,7 +21,10 @@ from tmem_agents.transformer import PreNormBlock
 # sigmoid(0) = 0.5 and the forget gate's bias at 3 (the reference's sigmoid(-2) and 0 left delayed recall
 # at chance), only the cells a write reaches take their update, writes start quiet (strength sigmoid(-2))
 # and the read is layer-normed. With the memory's own write heads (restore_initialisation) this setting
-# learns cue recall in about half the samples of the earlier defaults (8 channels, forget bias 1).
+# learns cue recall in about half the samples of the earlier defaults (8 channels, forget bias 1). The
+# memory writes from the tokens as the tokenizer makes them (write_from="block_input"): a blank step then
+# writes nothing, where the layer-normed tokens wrote a full-size blank at every step that buried the cue
+# of long cue recall.
 EXTRACTOR_MEMORY_DEFAULTS: dict[str, Any] = {
     "grid": (4, 4, 4),
     "channels": 16,
@@ -30,6 +33,7 @@ EXTRACTOR_MEMORY_DEFAULTS: dict[str, Any] = {
     "local_update": True,
     "strength_bias_init": -2.0,
     "read_norm": True,
+    "write_from": "block_input",
 }
 
 
@@ -107,17 +111,18 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
                 chunk_starts = torch.zeros(batch, steps, self.chunks_per_step, device=tokens.device)
                 chunk_starts[:, :, 0] = episode_starts.T
                 chunk_starts = chunk_starts.flatten(1)
-            y, state = first.fuse(x.transpose(0, 1).reshape(batch, steps * num, dim), state, chunk_starts)
+            x_seq, tokens_seq = (z.transpose(0, 1).reshape(batch, steps * num, dim) for z in (x, tokens))
+            y, state = first.fuse(x_seq, state, tokens_seq, chunk_starts)
             y = y.view(batch, steps, num, dim).transpose(0, 1)
         else:
             outputs = []
             for t in range(steps):
                 if episode_starts is not None:
                     state = reset_state(state, episode_starts[t])
-                y = x[t]
-                for i, layer in enumerate(self.layers):
-                    y = y if i == 0 else layer.pre(y)
-                    y, state = layer.fuse(y, state)
+                y = tokens[t]
+                for layer in self.layers:
+                    pre = x[t] if layer is first else layer.pre(y)
+                    y, state = layer.fuse(pre, state, y)
                     y = y if layer is last else layer.post(y)
                 outputs.append(y)
             y = torch.stack(outputs)

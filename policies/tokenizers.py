@@ -22,7 +22,11 @@ MAX_IMAGE_GRID = 8
 
 
 class VectorTokenizer(nn.Module):
-    """``(B, obs_dim)`` -> ``(B, ceil(obs_dim / group_size), d)``; zero-pads the last group."""
+    """``(B, obs_dim)`` -> ``(B, ceil(obs_dim / group_size), d)``; zero-pads the last group.
+
+    The biases start at zero, so a group that reads all zeros (a blank or occluded sensor) starts as a zero
+    token, which the Tensor Memory then writes as nothing (:meth:`TensorMemory.reset_write_heads`).
+    """
 
     def __init__(self, obs_dim: int, token_dim: int, group_size: int = 4) -> None:
         super().__init__()
@@ -33,7 +37,7 @@ class VectorTokenizer(nn.Module):
         self.num_tokens = math.ceil(obs_dim / self.group_size)
         bound = 1.0 / math.sqrt(self.group_size)
         self.weight = nn.Parameter(torch.empty(self.num_tokens, self.group_size, token_dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.zeros(self.num_tokens, token_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(self.num_tokens, token_dim))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         flat = obs.reshape(obs.shape[0], -1)

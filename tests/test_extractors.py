@@ -61,6 +61,23 @@ def test_tensor_memory_tokenizes_images_and_dicts_and_uses_its_memory():
     assert TensorMemoryExtractor(DICT, **KWARGS["tensor_memory"]).tokenizer.num_tokens == 1 + 1 + 5 * 5
 
 
+def test_blank_observations_write_nothing_from_the_tokenizer():
+    blank = torch.zeros(8, 2, 6)
+    starts = torch.zeros(8, 2)
+    written = {}
+    for source in ("block_input", "memory_input"):
+        torch.manual_seed(0)
+        extractor = TensorMemoryExtractor(VECTOR, memory={"write_from": source})
+        _, state = extractor.sequence(blank, extractor.initial_state(2), starts)
+        assert state["h"].abs().max() == 0  # zero observations make zero tokens, which write zero contents
+        with torch.no_grad():
+            extractor.tokenizer.bias.normal_(0.0, 1e-3)  # as training leaves them: small, not zero
+            _, state = extractor.sequence(blank, extractor.initial_state(2), starts)
+        written[source] = state["h"].abs().max()
+    # the normed tokens make every small blank token a full-size write; the tokenizer's stay small
+    assert written["block_input"] < 1e-2 * written["memory_input"]
+
+
 def test_state_size_is_constant_and_reported():
     extractor = TensorMemoryExtractor(VECTOR, **KWARGS["tensor_memory"])
     state = extractor.initial_state(4)

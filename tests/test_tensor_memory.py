@@ -93,6 +93,37 @@ def test_memory_output_depends_on_what_was_written():
     assert not torch.allclose(read_blank, read_written)
 
 
+def test_the_new_state_depends_only_on_the_write_tokens():
+    memory = _memory()
+    state = memory.init_state(2)
+    writes = torch.randn(2, 4, 8)
+    _, default = memory(writes, state)
+    _, given = memory(torch.randn(2, 4, 8), state, write_tokens=writes)
+    assert torch.equal(default["h"], given["h"]) and torch.equal(default["c"], given["c"])
+    with pytest.raises(ValueError, match="write_tokens must have the shape"):
+        memory(writes, state, write_tokens=writes[:, :2])
+    with pytest.raises(ValueError, match="NaN"):
+        memory(writes, state, write_tokens=torch.full_like(writes, float("nan")))
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_zero_tokens_leave_an_empty_memory_empty(local):
+    memory = _memory(local_update=local)
+    _, state = memory(torch.zeros(2, 6, 8), memory.init_state(2))
+    assert state["h"].abs().max() == 0 and state["c"].abs().max() == 0
+
+
+@pytest.mark.parametrize("source", ["memory_input", "block_input"])
+def test_a_block_writes_from_the_tokens_its_config_names(source):
+    memory = _memory(write_from=source)
+    block = MemoryBlock(PreNormBlock(8, heads=2), memory)
+    x = torch.randn(2, 4, 8)
+    _, state = block(x, memory.init_state(2))
+    writes = x if source == "block_input" else block.norm(block.pre(x))
+    _, expected = memory(torch.randn(2, 4, 8), memory.init_state(2), write_tokens=writes)
+    assert torch.allclose(state["h"], expected["h"]) and torch.allclose(state["c"], expected["c"])
+
+
 def test_integer_gate_init_makes_a_float_gate():
     block = MemoryBlock(PreNormBlock(8, heads=2), _memory(gate_init=2))
     assert block.gate.dtype == torch.float32 and block.gate.item() == 2.0
@@ -156,6 +187,7 @@ def test_bad_inputs_raise_clear_errors():
         ("local_update", "yes"),
         ("read_norm", 1),
         ("strength_bias_init", float("inf")),
+        ("write_from", "tokens"),
     ],
 )
 def test_config_validation_names_the_field(field, value):
@@ -198,8 +230,12 @@ def test_writes_start_with_one_spread_and_strength_and_reset_write_heads_restore
     with torch.no_grad():
         for layer in (memory.coord, memory.spread, memory.strength, memory.content):
             layer.weight.normal_(0.0, 2.0)  # as an outside initialiser (SB3's orthogonal one) would leave them
+    with torch.no_grad():
+        for layer in (memory.write_proj, memory.content):
+            layer.bias.normal_(0.0, 2.0)
     memory.reset_write_heads()
     assert memory.spread.weight.abs().max() == 0 and memory.strength.weight.abs().max() == 0
+    assert memory.write_proj.bias.abs().max() == 0 and memory.content.bias.abs().max() == 0
     for layer in (memory.coord, memory.content):
         assert layer.weight.abs().max() <= 1 / 8**0.5  # nn.Linear's draw
 

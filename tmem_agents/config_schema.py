@@ -89,6 +89,7 @@ class MemoryGridConfig:
     local_update: bool = True
     strength_bias_init: float = -2.0
     read_norm: bool = True
+    write_from: str = "block_input"
     backend: str = "auto"
 
 

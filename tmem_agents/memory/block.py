@@ -46,11 +46,20 @@ class MemoryBlock(nn.Module):
         return self.block.attention_residual(x) if self._split() else self.block(x)
 
     def fuse(
-        self, x: torch.Tensor, state: TensorDict, chunk_starts: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: TensorDict,
+        block_input: torch.Tensor,
+        chunk_starts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, TensorDict]:
-        """The gated residual read: ``x + sigmoid(gate) * memory(LN(x))``, and the memory's new state
-        (``chunk_starts``: see :meth:`TensorMemory.forward`)."""
-        read, state = self.memory(self.norm(x), state, chunk_starts)
+        """The gated residual read: ``x + sigmoid(gate) * memory(LN(x))``, and the memory's new state.
+
+        ``x`` ``(B, N, d)`` is the output of :meth:`pre` for ``block_input`` ``(B, N, d)``, which the memory
+        writes from when its config says ``write_from="block_input"`` (``chunk_starts``: see
+        :meth:`TensorMemory.forward`).
+        """
+        write_tokens = block_input if self.memory.config.write_from == "block_input" else None
+        read, state = self.memory(self.norm(x), state, chunk_starts, write_tokens)
         return x + torch.sigmoid(self.gate) * read, state
 
     def post(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,5 +72,5 @@ class MemoryBlock(nn.Module):
             return self.block(x), state
         if state is None:
             raise ValueError("a block with memory attached needs the memory state (TensorMemory.init_state)")
-        x, state = self.fuse(self.pre(x), state)
-        return self.post(x), state
+        y, state = self.fuse(self.pre(x), state, x)
+        return self.post(y), state

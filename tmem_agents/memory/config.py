@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from tmem_agents.ops.dispatch import BACKENDS, PADDING_MODES
 
+WRITE_SOURCES = ("memory_input", "block_input")
+
 
 @dataclass
 class TensorMemoryConfig:
@@ -32,6 +34,12 @@ class TensorMemoryConfig:
             starts with this strength (``sigmoid(0) = 0.5``).
         read_norm: a LayerNorm over the read's ``C`` channels before ``out_proj``, so what the memory holds
             reaches the tokens at unit scale however small ``h`` is (``False``: the reference's plain projection).
+        write_from: what a :class:`~tmem_agents.memory.MemoryBlock` projects the write input from:
+            ``"memory_input"`` (reference), the LayerNormed tokens the memory also reads with; or
+            ``"block_input"``, the tokens that entered the block, before its attention and that LayerNorm, so a
+            step whose tokens are small (a blank or occluded observation) writes little. The normed tokens
+            have unit scale whatever the observation, so with ``"memory_input"`` every blank step writes as
+            much as an informative one.
         padding_mode: read padding, ``"border"`` (reference) or ``"zeros"``.
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`tmem_agents.ops.dispatch`).
         check_inputs: raise on NaN or infinite tokens (one reduction per call).
@@ -48,6 +56,7 @@ class TensorMemoryConfig:
     local_update: bool = False
     strength_bias_init: float = 0.0
     read_norm: bool = False
+    write_from: str = "memory_input"
     padding_mode: str = "border"
     backend: str = "auto"
     check_inputs: bool = True
@@ -74,6 +83,10 @@ class TensorMemoryConfig:
         _require_finite("strength_bias_init", self.strength_bias_init)
         if self.write_radius is not None:
             _require_int("write_radius", self.write_radius, 0, "or None for the dense write")
+        if self.write_from not in WRITE_SOURCES:
+            raise ValueError(
+                f"TensorMemoryConfig.write_from must be one of {WRITE_SOURCES}; got {self.write_from!r}"
+            )
         if self.padding_mode not in PADDING_MODES:
             raise ValueError(
                 f"TensorMemoryConfig.padding_mode must be one of {PADDING_MODES}; got {self.padding_mode!r}"

@@ -20,8 +20,8 @@ class TensorMemory(nn.Module):
     """Tensor Memory over token sequences ``(B, N, d)``, with state ``{"h", "c"}`` each ``(B, C, D, H, W)``.
 
     Tokens are grouped in chunks of ``chunk_size``; each chunk is one memory step. Its first token is the
-    read input ``x_r``, a learned projection of all its tokens the write input ``x_w``. One coordinate
-    head serves both, ``p = tanh(W_coord x)`` in ``[-1, 1]^3`` as ``(x, y, z)`` indexing ``(W, H, D)``, so a
+    read input ``x_r``, a learned projection of all its tokens (or of the same chunk of ``write_tokens``) the
+    write input ``x_w``. One coordinate head serves both, ``p = tanh(W_coord x)`` in ``[-1, 1]^3`` as ``(x, y, z)`` indexing ``(W, H, D)``, so a
     token that wrote at ``p`` reads from ``p`` when seen again. The write carries ``v = W_v x_w`` with
     spread ``sigma = sigma_scale * (softplus(w_s x_w) + 1e-4)``. Each step reads ``h`` at ``p_r``, then
     writes and updates (:func:`tmem_agents.ops.memory_step`). The chunk's read vector is projected back
@@ -54,15 +54,19 @@ class TensorMemory(nn.Module):
         self.out_proj = nn.Linear(channels, token_dim)
 
     def _zero_write_heads(self) -> None:
+        nn.init.zeros_(self.write_proj.bias)
+        nn.init.zeros_(self.content.bias)
         nn.init.zeros_(self.spread.weight)
         if self.strength is not None:
             nn.init.zeros_(self.strength.weight)
 
     def reset_write_heads(self) -> None:
-        """Re-draw the coordinate and content heads as ``nn.Linear`` does and zero the spread and strength weights.
+        """Re-draw the coordinate and content heads as ``nn.Linear`` does, zero the write input's and the
+        content's biases, and zero the spread and strength weights.
 
         The memory's own start: coordinates near the centre for every token, so reads and writes start close
-        together; contents small enough that the gates pass them nearly linearly; and every write with the
+        together; contents small enough that the gates pass them nearly linearly, and zero for zero tokens,
+        so that from an empty state zero tokens leave the state exactly empty; and every write with the
         spread and strength their biases give (``sigma_bias_init``, ``strength_bias_init``), so what a write
         leaves in the grid is set by its content until training makes where and how wide it writes depend on
         the token. Policies call this after their own initialisation.
@@ -107,9 +111,13 @@ class TensorMemory(nn.Module):
             strength = torch.sigmoid(self.strength(x_write).squeeze(-1) + self.strength_bias)
         return self.content(x_write), self.coordinates(x_write), sigma, strength
 
-    def _check(self, tokens: torch.Tensor, state: TensorDict) -> None:
+    def _check(self, tokens: torch.Tensor, state: TensorDict, write_tokens: torch.Tensor | None) -> None:
         if tokens.dim() != 3 or tokens.shape[-1] != self.token_dim:
             raise ValueError(f"tokens must have shape (B, N, {self.token_dim}), got {tuple(tokens.shape)}")
+        if write_tokens is not None and write_tokens.shape != tokens.shape:
+            raise ValueError(
+                f"write_tokens must have the shape of tokens {tuple(tokens.shape)}, got {tuple(write_tokens.shape)}"
+            )
         expected = (tokens.shape[0], *self.state_shape)
         for key in ("h", "c"):
             if key not in state.keys():
@@ -119,23 +127,32 @@ class TensorMemory(nn.Module):
                     f"state['{key}'] must have shape {expected} for {tokens.shape[0]} sequences, "
                     f"got {tuple(state[key].shape)}; build it with init_state(batch_size)"
                 )
-        if self.config.check_inputs and not torch.isfinite(tokens).all():
+        given = (tokens,) if write_tokens is None else (tokens, write_tokens)
+        if self.config.check_inputs and not all(torch.isfinite(x).all() for x in given):
             raise ValueError("tokens contain NaN or infinite values; check the observations fed to the memory")
 
     def forward(
-        self, tokens: torch.Tensor, state: TensorDict, chunk_starts: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        state: TensorDict,
+        chunk_starts: torch.Tensor | None = None,
+        write_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, TensorDict]:
         """Tokens ``(B, N, d)`` and state -> (memory output ``(B, N, d)``, new state).
 
         ``chunk_starts`` ``(B, K)`` (optional, ``K`` chunks) zeroes an env's state before chunk ``k`` where
-        set: a whole rollout sequence with its episode starts runs in one call.
+        set: a whole rollout sequence with its episode starts runs in one call. ``write_tokens`` ``(B, N, d)``
+        (optional, default ``tokens``) are what the write inputs are projected from.
         """
-        self._check(tokens, state)
+        self._check(tokens, state, write_tokens)
         batch, num, dim = tokens.shape
         chunk = self.config.chunk_size
-        grouped = F.pad(tokens, (0, 0, 0, (-num) % chunk)).view(batch, -1, chunk, dim)
-        read_loc = self.coordinates(grouped[:, :, 0])
-        writes = self.write_terms(self.write_proj(grouped.flatten(2)))
+
+        def chunks(x: torch.Tensor) -> torch.Tensor:
+            return F.pad(x, (0, 0, 0, (-num) % chunk)).view(batch, -1, chunk, dim)
+
+        read_loc = self.coordinates(chunks(tokens)[:, :, 0])
+        writes = self.write_terms(self.write_proj(chunks(tokens if write_tokens is None else write_tokens).flatten(2)))
         if chunk_starts is not None and tuple(chunk_starts.shape) != tuple(read_loc.shape[:2]):
             raise ValueError(
                 f"chunk_starts must have shape {tuple(read_loc.shape[:2])}, got {tuple(chunk_starts.shape)}"
