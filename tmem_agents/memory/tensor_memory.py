@@ -19,13 +19,13 @@ SIGMA_FLOOR = 1e-4
 class TensorMemory(nn.Module):
     """Tensor Memory over token sequences ``(B, N, d)``, with state ``{"h", "c"}`` each ``(B, C, D, H, W)``.
 
-    Tokens are grouped in chunks of ``chunk_size``; each chunk is one memory step. Its first token is the
-    read input ``x_r``, a learned projection of all its tokens (or of the same chunk of ``write_tokens``) the
-    write input ``x_w``. One coordinate head serves both, ``p = tanh(W_coord x)`` in ``[-1, 1]^3`` as ``(x, y, z)`` indexing ``(W, H, D)``, so a
-    token that wrote at ``p`` reads from ``p`` when seen again. The write carries ``v = W_v x_w`` with
-    spread ``sigma = sigma_scale * (softplus(w_s x_w) + 1e-4)``. Each step reads ``h`` at ``p_r``, then
-    writes and updates (:func:`tmem_agents.ops.memory_step`). The chunk's read vector is projected back
-    to ``d`` (``out_proj``) and broadcast to its tokens. The state's size never depends on the horizon.
+    Tokens are grouped in chunks of ``chunk_size``; each chunk is one memory step. Its first token is the read input
+    ``x_r``, a learned projection of all its tokens (or of the same chunk of ``write_tokens``) the write input
+    ``x_w``. One coordinate head serves both, ``p = tanh(W_coord x)`` in ``[-1, 1]^3`` as ``(x, y, z)`` indexing
+    ``(W, H, D)``, so a token that wrote at ``p`` reads from ``p`` when seen again. The write carries ``v = W_v
+    x_w`` with spread ``sigma = sigma_scale * (softplus(w_s x_w) + 1e-4)``. Each step reads ``h`` at ``p_r``, then
+    writes and updates (:func:`tmem_agents.ops.memory_step`). The chunk's read vector is projected back to ``d``
+    (``out_proj``) and broadcast to its tokens. The state's size never depends on the horizon.
     """
 
     def __init__(self, config: TensorMemoryConfig, token_dim: int) -> None:
