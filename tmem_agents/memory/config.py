@@ -84,9 +84,7 @@ class TensorMemoryConfig:
         if self.write_radius is not None:
             _require_int("write_radius", self.write_radius, 0, "or None for the dense write")
         if self.write_from not in WRITE_SOURCES:
-            raise ValueError(
-                f"TensorMemoryConfig.write_from must be one of {WRITE_SOURCES}; got {self.write_from!r}"
-            )
+            raise ValueError(f"TensorMemoryConfig.write_from must be one of {WRITE_SOURCES}; got {self.write_from!r}")
         if self.padding_mode not in PADDING_MODES:
             raise ValueError(
                 f"TensorMemoryConfig.padding_mode must be one of {PADDING_MODES}; got {self.padding_mode!r}"
