@@ -189,6 +189,8 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         (["env=gym", "env.id=NoSuchEnv-v0"], "env.id='NoSuchEnv-v0'"),
         (["+env.wrappers={blur: {}}"], "env.wrappers.blur"),
         (["resume=does/not/exist"], "resume="),
+        (["model=tensor_memory", "model.memory.write_from=raw"], "model.memory: TensorMemoryConfig.write_from"),
+        (["model=tensor_memory", "model.memory.grid=[1,4,4]"], "model.memory: TensorMemoryConfig.grid"),
     ],
 )
 def test_bad_train_overrides_fail_clearly(

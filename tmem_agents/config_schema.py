@@ -201,6 +201,17 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
         _fail(key, value, f"must be one of {sorted(allowed)}")
 
 
+def _check_memory(memory: DictConfig) -> None:
+    """The memory options make a valid :class:`~tmem_agents.memory.TensorMemoryConfig` (``null``: its default)."""
+    from tmem_agents.memory import TensorMemoryConfig
+
+    options = {key: value for key, value in OmegaConf.to_container(memory).items() if value is not None}
+    try:
+        TensorMemoryConfig(**options)
+    except ValueError as error:
+        raise ConfigError(f"model.memory: {error}") from None
+
+
 def _check_device(key: str, device: str) -> None:
     import torch
 
@@ -258,6 +269,8 @@ def validate_train(cfg: DictConfig) -> None:
     _at_least(model, "model.", ("features_dim",), 1)
     if model.net_arch is not None and any(width < 1 for width in model.net_arch):
         _fail("model.net_arch", list(model.net_arch), "layer widths must be >= 1")
+    if model.name == "tensor_memory":
+        _check_memory(model.memory)
     validate_env(cfg.env)
     if cfg.resume is not None:
         from tmem_agents.run_folder import RunFolder
