@@ -100,10 +100,11 @@ def test_recurrence_gradcheck(depthwise_form, update_form):
 
 
 @pytest.mark.parametrize("local", [False, True])
-def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local):
+@pytest.mark.parametrize("cube", [0.0, 0.4])
+def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local, cube):
     torch.manual_seed(1)
     config = TensorMemoryConfig(
-        grid=(3, 4, 5), channels=3, chunk_size=2, write_radius=1, local_update=local, read_norm=local
+        grid=(3, 4, 5), channels=3, chunk_size=2, write_radius=1, local_update=local, read_norm=local, read_cube=cube
     )
     memory = TensorMemory(config, 6).double()
     tokens = torch.randn(2, 8, 6, dtype=torch.float64)
@@ -122,7 +123,7 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local):
         read, h, c = memory_step(
             h,
             c,
-            memory.coordinates(chunk[:, :1]),
+            memory.coordinates(chunk[:, :1]) + memory.read_offsets,
             values[:, None],
             write_loc[:, None],
             sigma[:, None],
@@ -131,7 +132,7 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local):
             strength=None if strength is None else strength[:, None],
             backend="torch",
         )
-        reads.append(read)
+        reads.append(read.flatten(1)[:, None])  # the read cube's 8 reads side by side
     expected = memory.out_proj(memory.read_norm(torch.cat(reads, 1))).repeat_interleave(2, dim=1)
     assert torch.allclose(out, expected, atol=1e-10)
     assert torch.allclose(new_state["h"], h, atol=1e-10) and torch.allclose(new_state["c"], c, atol=1e-10)

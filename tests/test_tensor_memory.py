@@ -124,6 +124,22 @@ def test_a_block_writes_from_the_tokens_its_config_names(source):
     assert torch.allclose(state["h"], expected["h"]) and torch.allclose(state["c"], expected["c"])
 
 
+def test_a_read_cube_reads_the_eight_corners_around_the_read_location():
+    memory = _memory(chunk_size=1, read_cube=0.5, read_norm=True)
+    assert memory.out_proj.in_features == 8 * 4 and memory.read_norm.normalized_shape == (8 * 4,)
+    state = memory.init_state(2).apply(lambda t: torch.randn_like(t))
+    tokens = torch.randn(2, 1, 8)
+    reads = {}
+    memory.read_norm.register_forward_hook(lambda module, args, out: reads.update(read=args[0]))
+    memory(tokens, state)
+    signs = torch.tensor([[x, y, z] for z in (-1.0, 1.0) for y in (-1.0, 1.0) for x in (-1.0, 1.0)])
+    corners = memory.coordinates(tokens) + 0.5 * signs
+    expected = torch.nn.functional.grid_sample(
+        state["h"], corners.view(2, 8, 1, 1, 3), align_corners=True, padding_mode="border"
+    ).view(2, 4, 8)
+    assert torch.allclose(reads["read"][:, 0], expected.transpose(1, 2).flatten(1), atol=1e-6)
+
+
 def test_integer_gate_init_makes_a_float_gate():
     block = MemoryBlock(PreNormBlock(8, heads=2), _memory(gate_init=2))
     assert block.gate.dtype == torch.float32 and block.gate.item() == 2.0
@@ -188,6 +204,7 @@ def test_bad_inputs_raise_clear_errors():
         ("read_norm", 1),
         ("strength_bias_init", float("inf")),
         ("write_from", "tokens"),
+        ("read_cube", -0.5),
     ],
 )
 def test_config_validation_names_the_field(field, value):
@@ -259,12 +276,12 @@ def test_single_token_attention_equals_multihead_attention():
 
 
 @pytest.mark.parametrize("kernel", ["1", "0"])
-@pytest.mark.parametrize("local", [False, True])
-def test_no_grad_forward_equals_the_training_forward(monkeypatch, kernel, local):
+@pytest.mark.parametrize(("local", "cube"), [(False, 0.0), (True, 0.0), (True, 0.5)])
+def test_no_grad_forward_equals_the_training_forward(monkeypatch, kernel, local, cube):
     """Rollouts (no grad: the scan with the C kernel, or one reference step per chunk without it) compute
     what training computes."""
     monkeypatch.setenv("TMEM_CPU_KERNEL", kernel)
-    memory = _memory(chunk_size=2, local_update=local, read_norm=local)
+    memory = _memory(chunk_size=2, local_update=local, read_norm=local, read_cube=cube)
     tokens = torch.randn(3, 6, 8)
     starts = torch.tensor([[0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.float32)
     state = memory.init_state(3).apply(lambda t: torch.randn_like(t) * 0.5)

@@ -89,6 +89,7 @@ class MemoryGridConfig:
     local_update: bool = True
     strength_bias_init: float = -2.0
     read_norm: bool = True
+    read_cube: float = 0.0
     write_from: str = "block_input"
     backend: str = "auto"
 

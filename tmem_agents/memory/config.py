@@ -34,6 +34,10 @@ class TensorMemoryConfig:
             starts with this strength (``sigmoid(0) = 0.5``).
         read_norm: a LayerNorm over the read's ``C`` channels before ``out_proj``, so what the memory holds
             reaches the tokens at unit scale however small ``h`` is (``False``: the reference's plain projection).
+        read_cube: ``0`` (reference) reads ``h`` at the read location alone; ``delta > 0`` reads it at the 8
+            corners of the cube of half-width ``delta`` around the read location (grid units) and concatenates
+            the 8 reads (``8 C`` channels into ``read_norm`` and ``out_proj``): a read then sees a
+            neighbourhood of the grid, not one point.
         write_from: what a :class:`~tmem_agents.memory.MemoryBlock` projects the write input from:
             ``"memory_input"`` (reference), the LayerNormed tokens the memory also reads with; or
             ``"block_input"``, the tokens that entered the block, before its attention and that LayerNorm, so a
@@ -56,6 +60,7 @@ class TensorMemoryConfig:
     local_update: bool = False
     strength_bias_init: float = 0.0
     read_norm: bool = False
+    read_cube: float = 0.0
     write_from: str = "memory_input"
     padding_mode: str = "border"
     backend: str = "auto"
@@ -83,6 +88,9 @@ class TensorMemoryConfig:
         _require_finite("strength_bias_init", self.strength_bias_init)
         if self.write_radius is not None:
             _require_int("write_radius", self.write_radius, 0, "or None for the dense write")
+        _require_finite("read_cube", self.read_cube)
+        if self.read_cube < 0:
+            raise ValueError(f"TensorMemoryConfig.read_cube must be >= 0; got {self.read_cube!r}")
         if self.write_from not in WRITE_SOURCES:
             raise ValueError(f"TensorMemoryConfig.write_from must be one of {WRITE_SOURCES}; got {self.write_from!r}")
         if self.padding_mode not in PADDING_MODES:
@@ -91,6 +99,11 @@ class TensorMemoryConfig:
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"TensorMemoryConfig.backend must be one of {BACKENDS}; got {self.backend!r}")
+
+    @property
+    def read_points(self) -> int:
+        """Reads per memory step: 8 with a read cube, else 1."""
+        return 8 if self.read_cube > 0 else 1
 
     @property
     def state_numel(self) -> int:

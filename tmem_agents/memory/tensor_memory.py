@@ -23,9 +23,10 @@ class TensorMemory(nn.Module):
     ``x_r``, a learned projection of all its tokens (or of the same chunk of ``write_tokens``) the write input
     ``x_w``. One coordinate head serves both, ``p = tanh(W_coord x)`` in ``[-1, 1]^3`` as ``(x, y, z)`` indexing
     ``(W, H, D)``, so a token that wrote at ``p`` reads from ``p`` when seen again. The write carries ``v = W_v
-    x_w`` with spread ``sigma = sigma_scale * (softplus(w_s x_w) + 1e-4)``. Each step reads ``h`` at ``p_r``, then
-    writes and updates (:func:`tmem_agents.ops.memory_step`). The chunk's read vector is projected back to ``d``
-    (``out_proj``) and broadcast to its tokens. The state's size never depends on the horizon.
+    x_w`` with spread ``sigma = sigma_scale * (softplus(w_s x_w) + 1e-4)``. Each step reads ``h`` at ``p_r`` (or at
+    the 8 corners of a cube around it, ``read_cube``), then writes and updates
+    (:func:`tmem_agents.ops.memory_step`). The chunk's read vector is projected back to ``d`` (``out_proj``) and
+    broadcast to its tokens. The state's size never depends on the horizon.
     """
 
     def __init__(self, config: TensorMemoryConfig, token_dim: int) -> None:
@@ -50,8 +51,12 @@ class TensorMemory(nn.Module):
             self.strength_bias = nn.Parameter(torch.tensor(float(config.strength_bias_init)))
         self._zero_write_heads()
         self.update = FactorizedGateConv(channels, config.forget_bias_init)
-        self.read_norm = nn.LayerNorm(channels) if config.read_norm else nn.Identity()
-        self.out_proj = nn.Linear(channels, token_dim)
+        read_width = config.read_points * channels
+        corners = torch.tensor([[x, y, z] for z in (-1.0, 1.0) for y in (-1.0, 1.0) for x in (-1.0, 1.0)])
+        offsets = config.read_cube * corners if config.read_cube > 0 else torch.zeros(1, 3)
+        self.register_buffer("read_offsets", offsets, persistent=False)
+        self.read_norm = nn.LayerNorm(read_width) if config.read_norm else nn.Identity()
+        self.out_proj = nn.Linear(read_width, token_dim)
 
     def _zero_write_heads(self) -> None:
         nn.init.zeros_(self.write_proj.bias)
@@ -151,7 +156,7 @@ class TensorMemory(nn.Module):
         def chunks(x: torch.Tensor) -> torch.Tensor:
             return F.pad(x, (0, 0, 0, (-num) % chunk)).view(batch, -1, chunk, dim)
 
-        read_loc = self.coordinates(chunks(tokens)[:, :, 0])
+        read_loc = self.coordinates(chunks(tokens)[:, :, 0]).unsqueeze(2) + self.read_offsets
         writes = self.write_terms(self.write_proj(chunks(tokens if write_tokens is None else write_tokens).flatten(2)))
         if chunk_starts is not None and tuple(chunk_starts.shape) != tuple(read_loc.shape[:2]):
             raise ValueError(
@@ -174,7 +179,8 @@ class TensorMemory(nn.Module):
         batch, steps, channels = values.shape
         cfg = self.config
         weights = self.update.weights()
-        time_major = [t.transpose(0, 1).reshape(steps * batch, 1, -1) for t in (values, write_loc, read_loc)]
+        time_major = [t.transpose(0, 1).reshape(steps * batch, 1, -1) for t in (values, write_loc)]
+        read_loc = read_loc.transpose(0, 1).reshape(steps * batch, -1, 3)
         sigma = sigma.T.reshape(steps * batch, 1)
         volumes = splat_write(
             time_major[0], time_major[1], sigma, grid=cfg.grid, radius=cfg.write_radius, backend=cfg.backend
@@ -191,10 +197,8 @@ class TensorMemory(nn.Module):
             ).view(steps, batch, 1, *cfg.grid)
         keep = torch.ones(steps, batch, device=h.device) if chunk_starts is None else 1.0 - chunk_starts.T.to(h.dtype)
         read_from, h, c = recurrence(volumes.view(steps, batch, channels, *cfg.grid), h, c, keep, weights, masses)
-        reads = trilinear_read(
-            read_from.flatten(0, 1), time_major[2], padding_mode=cfg.padding_mode, backend=cfg.backend
-        )
-        return reads.view(steps, batch, channels).transpose(0, 1), h, c
+        reads = trilinear_read(read_from.flatten(0, 1), read_loc, padding_mode=cfg.padding_mode, backend=cfg.backend)
+        return reads.reshape(steps, batch, -1).transpose(0, 1), h, c
 
     def _steps(self, h, c, read_loc, writes, chunk_starts):
         """Without gradients (rollouts, deployment) on other devices, or on a CPU without the C kernel: one
@@ -210,7 +214,7 @@ class TensorMemory(nn.Module):
             read, h, c = memory_step(
                 h,
                 c,
-                read_loc[:, window],
+                read_loc[:, step],
                 values[:, window],
                 write_loc[:, window],
                 sigma[:, window],
@@ -220,5 +224,5 @@ class TensorMemory(nn.Module):
                 strength=None if strength is None else strength[:, window],
                 backend=self.config.backend,
             )
-            reads.append(read)
-        return torch.cat(reads, dim=1), h, c
+            reads.append(read.flatten(1))
+        return torch.stack(reads, dim=1), h, c
