@@ -11,6 +11,13 @@ extractor. Two measures per seed:
   1,024 episodes and scored on 1,024 others. 1 means a linear head (the policy's and the critic's) can read
   where every object was from the first update on.
 
+and one on long cue recall (``tmem/CueRecall-v0`` with 4 cues and 32 blank steps, an agent built for it from
+the same seed and overrides):
+
+* the cue kept: the mean distance between the 4 cues' mean features at the answer step, over the mean change
+  the answer step's query makes to the features. Near 0 the blank steps have buried the cue before PPO
+  starts; the LSTM with forget bias 3 keeps about 1.5.
+
     python scripts/start_sensitivity.py model=tensor_memory --seeds 16
     python scripts/start_sensitivity.py model=tensor_memory --sb3-init     # the memory's heads as SB3 draws them
     python scripts/start_sensitivity.py model=lstm model.forget_bias=3.0
@@ -33,6 +40,7 @@ from tmem_agents.train import build_model
 
 EPISODES = 32
 READOUT_EPISODES = 2048
+CUES, CUE_DELAY = 4, 32
 
 
 def episodes(batch: int) -> torch.Tensor:
@@ -45,13 +53,27 @@ def episodes(batch: int) -> torch.Tensor:
     return torch.tensor(np.stack(steps))
 
 
-def fresh_extractor(overrides: list[str], seed: int, sb3_init: bool = False) -> RecurrentFeaturesExtractor:
-    """The features extractor of the policy ``tmem-train`` would build for spatial recall from ``seed``.
+def cue_episodes(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Observations ``(CUE_DELAY + 2, batch, CUES + 1)`` of long cue recall, cue ``i % CUES`` in episode ``i``,
+    and the cues ``(batch,)``: the one-hot cue first, blank steps, then the query flag."""
+    cues = torch.arange(batch) % CUES
+    obs = torch.zeros(CUE_DELAY + 2, batch, CUES + 1)
+    obs[0, torch.arange(batch), cues] = 1.0
+    obs[-1, :, CUES] = 1.0
+    return obs, cues
+
+
+def fresh_extractor(
+    overrides: list[str], seed: int, sb3_init: bool = False, task: str = "spatial_recall"
+) -> RecurrentFeaturesExtractor:
+    """The features extractor of the policy ``tmem-train`` would build from ``seed`` for spatial recall
+    (``task="cue_recall_long"``: for long cue recall).
 
     ``sb3_init`` draws SB3's orthogonal initialisation over the whole extractor again, without the
     extractor's ``restore_initialisation``: the start the Tensor Memory had before its heads were restored.
     """
-    cfg = compose("train", ["env=spatial_recall", "algo=ppo_recall", *overrides, f"seed={seed}"])
+    algo = "ppo_recall_long" if task == "cue_recall_long" else "ppo_recall"
+    cfg = compose("train", [f"env={task}", f"algo={algo}", *overrides, f"seed={seed}"])
     env = normalize(make_envs(cfg.env, 1, cfg.seed, "dummy"), cfg.algo)
     extractor = build_model(cfg, env).policy.features_extractor
     env.close()
@@ -89,6 +111,18 @@ def readout_r2(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor) -> floa
     return (1 - residual.pow(2).sum(0) / (y[half:] - y[half:].mean(0)).pow(2).sum(0)).mean().item()
 
 
+def cue_kept(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor, cues: torch.Tensor) -> float:
+    """Mean distance between the cues' mean answer-step features over the query's mean change to the features,
+    for long cue recall episodes ``(T, B, CUES + 1)`` (:func:`cue_episodes`)."""
+    starts = torch.zeros(obs.shape[:2])
+    starts[0] = 1.0
+    with torch.no_grad():
+        features, _ = extractor.sequence(obs, extractor.initial_state(obs.shape[1]), starts)
+    means = torch.stack([features[-1][cues == cue].mean(0) for cue in range(CUES)])
+    separation = torch.cdist(means, means).sum() / (CUES * (CUES - 1))
+    return (separation / (features[-1] - features[-2]).norm(dim=1).mean()).item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="tmem-train overrides, e.g. model=lstm model.forget_bias=3.0")
@@ -102,6 +136,13 @@ def main() -> None:
     extractors = [fresh_extractor(args.overrides, seed, args.sb3_init) for seed in range(args.seeds)]
     shares = np.array([shown_share(extractor, obs) for extractor in extractors])
     r2 = np.array([readout_r2(extractor, readout_obs) for extractor in extractors])
+    cue_obs, cues = cue_episodes(1024)
+    kept = np.array(
+        [
+            cue_kept(fresh_extractor(args.overrides, seed, args.sb3_init, "cue_recall_long"), cue_obs, cues)
+            for seed in range(args.seeds)
+        ]
+    )
     print(" ".join(args.overrides) or "defaults", "(SB3's init on the whole extractor)" if args.sb3_init else "")
     print("per seed: " + " ".join(f"{share:.1e}" for share in shares))
     print(
@@ -109,6 +150,8 @@ def main() -> None:
     )
     print("readout R^2 per seed: " + " ".join(f"{value:.2f}" for value in r2))
     print(f"readout R^2 median {np.median(r2):.2f}, min {r2.min():.2f}")
+    print(f"cue kept over {CUE_DELAY} blank steps per seed: " + " ".join(f"{value:.2f}" for value in kept))
+    print(f"cue kept median {np.median(kept):.2f}, min {kept.min():.2f}")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ return (mean +- std over seeds), the return with the state reset at every step, 
 gap), the steps each model needed to first reach 80 % of the best final return on the task, steps per
 second, state bytes per env and parameters. ``--write docs/results.md`` puts the tables between the
 ``<!-- results -->`` markers of that file, and with ``--ablation`` the table of a
-``scripts/recall_check.py --out`` file between the ``<!-- ablation -->`` markers.
+``scripts/recall_check.py --out`` file between the ``<!-- ablation -->`` markers. ``--curves`` draws the same
+plot for any groups of run folders instead, one line per ``label=glob``.
 
     python scripts/summarize_results.py --results results --ablation results/ablation.jsonl --write docs/results.md
+    python scripts/summarize_results.py --curves docs/results/long.png --title "long cue recall" \
+        "Tensor Memory=results/full/write_from/long_tm_s*" "LSTM=results/full/long_recall_ablation/long_lstm_fb3_s*"
 """
 
 from __future__ import annotations
@@ -75,12 +78,7 @@ def summarize(results: Path, plots: Path) -> str:
             for steps, returns in curves:
                 hit = np.flatnonzero(returns >= threshold) if len(returns) else []
                 reached.append(steps[hit[0]] if len(hit) else math.nan)
-            curves = [c for c in curves if len(c[0])]
-            if curves:
-                grid = np.linspace(0, min(c[0][-1] for c in curves), 50)
-                ys = np.array([np.interp(grid, s, r) for s, r in curves])
-                ax.plot(grid, ys.mean(0), label=model)
-                ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2)
+            _draw(ax, model, curves)
             final = [_float(r["final_return"]) for r in runs]
             ablated = [_float(r["ablation_return"]) for r in runs]
             share = [a - b for a, b in zip(final, ablated, strict=True)]
@@ -92,15 +90,42 @@ def summarize(results: Path, plots: Path) -> str:
                 f"{np.mean([_float(r['steps_per_second']) for r in runs]):.0f} | "
                 f"{int(float(runs[0]['state_bytes_per_env'])):,} | {int(float(runs[0]['params'])):,} |"
             )
-        ax.set_title(task)
-        ax.set_xlabel("timesteps")
-        ax.set_ylabel("episode return (training)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(plots / f"{task}.png", dpi=110)
-        plt.close(fig)
+        _save(fig, ax, task, plots / f"{task}.png")
     return "\n".join(lines)
+
+
+def _draw(ax: plt.Axes, label: str, curves: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """The mean training return of ``curves`` (one per seed) over their common steps, shaded min to max."""
+    curves = [c for c in curves if len(c[0])]
+    if curves:
+        grid = np.linspace(0, min(c[0][-1] for c in curves), 50)
+        ys = np.array([np.interp(grid, s, r) for s, r in curves])
+        ax.plot(grid, ys.mean(0), label=f"{label} ({len(curves)} seeds)")
+        ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2)
+
+
+def _save(fig: plt.Figure, ax: plt.Axes, title: str, path: Path) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("timesteps")
+    ax.set_ylabel("episode return (training)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_groups(groups: list[str], title: str, path: Path) -> None:
+    """One line per ``label=glob`` of run folders (relative to the working directory) into ``path``."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for group in groups:
+        label, sep, pattern = group.partition("=")
+        runs = sorted(p for p in Path().glob(pattern) if (p / "logs").is_dir())
+        if not sep or not runs:
+            raise SystemExit(f"{group!r}: expected label=glob matching run folders with logs/")
+        _draw(ax, label, [_curve(run) for run in runs])
+    _save(fig, ax, title, path)
 
 
 def ablation_table(path: Path) -> str:
@@ -134,7 +159,13 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, default=Path("docs/results"))
     parser.add_argument("--ablation", type=Path, help="JSON lines from scripts/recall_check.py --out")
     parser.add_argument("--write", type=Path, help="markdown file whose results markers receive the tables")
+    parser.add_argument("--curves", type=Path, help="plot the groups into this file instead of summarizing")
+    parser.add_argument("--title", default="", help="title of the --curves plot")
+    parser.add_argument("groups", nargs="*", help="with --curves: label=glob of run folders")
     args = parser.parse_args()
+    if args.curves:
+        plot_groups(args.groups, args.title, args.curves)
+        return
     table = summarize(args.results, args.plots)
     print(table)
     ablation = ablation_table(args.ablation) if args.ablation else None

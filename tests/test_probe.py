@@ -100,6 +100,15 @@ def test_start_sensitivity_tells_a_memory_that_carries_the_objects_from_one_that
     readout_obs = start_sensitivity.episodes(256)
     assert start_sensitivity.readout_r2(carrying, readout_obs) > 0.9
     assert start_sensitivity.readout_r2(stateless, readout_obs) < 0.1
+    cue_obs, cues = start_sensitivity.cue_episodes(16)
+    assert cue_obs.shape == (34, 16, 5) and cues.tolist()[:5] == [0, 1, 2, 3, 0]
+    kept = [
+        start_sensitivity.cue_kept(
+            start_sensitivity.fresh_extractor(overrides, 0, task="cue_recall_long"), cue_obs, cues
+        )
+        for overrides in (*lstm, ["model=mlp"])
+    ]
+    assert kept[0] > 0.5 > kept[1] and kept[2] == 0.0
     restored = start_sensitivity.fresh_extractor(["model=tensor_memory"], 0).memory
     redrawn = start_sensitivity.fresh_extractor(["model=tensor_memory"], 0, sb3_init=True).memory
     assert restored.spread.weight.abs().max() == 0 < redrawn.spread.weight.abs().max()

@@ -1,0 +1,30 @@
+"""scripts/summarize_results.py: learning curves of groups of run folders."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+def _script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "summarize_results.py"
+    spec = importlib.util.spec_from_file_location("summarize_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_curves_of_run_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for seed, slope in ((0, 1.0), (1, 2.0)):
+        logs = tmp_path / "runs" / f"tm_s{seed}" / "logs"
+        logs.mkdir(parents=True)
+        rows = "".join(f"{step},{slope * step / 100:.2f}\n" for step in (0, 50, 100))
+        (logs / "progress.csv").write_text("time/total_timesteps,rollout/ep_rew_mean\n" + rows)
+    monkeypatch.chdir(tmp_path)
+    script = _script()
+    steps, returns = script._curve(Path("runs/tm_s1"))
+    assert steps.tolist() == [0, 50, 100] and returns.tolist() == [0.0, 1.0, 2.0]
+    script.plot_groups(["Tensor Memory=runs/tm_s*"], "a task", tmp_path / "plots" / "task.png")
+    assert (tmp_path / "plots" / "task.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="expected label=glob"):
+        script.plot_groups(["LSTM=runs/lstm_s*"], "a task", tmp_path / "none.png")
