@@ -73,6 +73,15 @@ class RecurrentFeaturesExtractor(BaseFeaturesExtractor):
             features.append(out)
         return torch.stack(features), state
 
+    def episodes(self, obs: Obs) -> torch.Tensor:
+        """Features ``(T, B, F)`` of ``B`` whole episodes, obs ``(T, B, ...)`` starting at ``t = 0``, run from the
+        initial state."""
+        leading = (obs if isinstance(obs, torch.Tensor) else next(iter(obs.values()))).shape[:2]
+        starts = torch.zeros(leading, device=self._device())
+        starts[0] = 1.0
+        features, _ = self.sequence(obs, self.initial_state(leading[1], self._device()), starts)
+        return features
+
     def forward(self, observations: Obs) -> torch.Tensor:
         batch = obs_batch_size(observations)
         features, _ = self.forward_step(observations, self.initial_state(batch, self._device()))

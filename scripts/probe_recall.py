@@ -134,10 +134,7 @@ def options(pairs: list[str]) -> dict:
 
 def answer(extractor: nn.Module, readout: nn.Module, obs: torch.Tensor) -> torch.Tensor:
     """The readout of the features at every step of episodes ``obs (T, B, obs_dim)`` -> ``(T, B, out_dim)``."""
-    starts = torch.zeros(obs.shape[:2])
-    starts[0] = 1.0
-    features, _ = extractor.sequence(obs, extractor.initial_state(obs.shape[1]), starts)
-    return readout(features)
+    return readout(extractor.episodes(obs))
 
 
 def train(probe: Probe, seed: int) -> list[tuple[int, float]]:

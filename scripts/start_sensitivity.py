@@ -84,10 +84,7 @@ def fresh_extractor(
 
 def query_features(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor) -> torch.Tensor:
     """Features ``(B, F)`` at the last step of episodes ``(T, B, obs_dim)`` run from the initial state."""
-    starts = torch.zeros(obs.shape[:2])
-    starts[0] = 1.0
-    features, _ = extractor.sequence(obs, extractor.initial_state(obs.shape[1]), starts)
-    return features[-1]
+    return extractor.episodes(obs)[-1]
 
 
 def shown_share(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor) -> float:
@@ -114,10 +111,8 @@ def readout_r2(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor) -> floa
 def cue_kept(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor, cues: torch.Tensor) -> float:
     """Mean distance between the cues' mean answer-step features over the query's mean change to the features,
     for long cue recall episodes ``(T, B, CUES + 1)`` (:func:`cue_episodes`)."""
-    starts = torch.zeros(obs.shape[:2])
-    starts[0] = 1.0
     with torch.no_grad():
-        features, _ = extractor.sequence(obs, extractor.initial_state(obs.shape[1]), starts)
+        features = extractor.episodes(obs)
     means = torch.stack([features[-1][cues == cue].mean(0) for cue in range(CUES)])
     separation = torch.cdist(means, means).sum() / (CUES * (CUES - 1))
     return (separation / (features[-1] - features[-2]).norm(dim=1).mean()).item()

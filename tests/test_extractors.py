@@ -61,6 +61,19 @@ def test_tensor_memory_tokenizes_images_and_dicts_and_uses_its_memory():
     assert TensorMemoryExtractor(DICT, **KWARGS["tensor_memory"]).tokenizer.num_tokens == 1 + 1 + 5 * 5
 
 
+@pytest.mark.parametrize("name", list(EXTRACTORS))
+def test_episodes_run_whole_episodes_from_the_initial_state(name):
+    torch.manual_seed(0)
+    extractor = EXTRACTORS[name](DICT, **KWARGS.get(name, {}))
+    obs = _obs(DICT, 4, 3)
+    state = extractor.initial_state(3)
+    stepped = []
+    for t in range(4):
+        features, state = extractor.forward_step({k: v[t] for k, v in obs.items()}, state)
+        stepped.append(features)
+    assert torch.allclose(extractor.episodes(obs), torch.stack(stepped), atol=1e-5)
+
+
 def test_blank_observations_write_nothing_from_the_tokenizer():
     blank = torch.zeros(8, 2, 6)
     starts = torch.zeros(8, 2)
