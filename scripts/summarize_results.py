@@ -117,10 +117,11 @@ def _save(fig: plt.Figure, ax: plt.Axes, title: str, path: Path) -> None:
 
 
 def plot_groups(groups: list[str], title: str, path: Path) -> None:
-    """One line per ``label=glob`` of run folders (relative to the working directory) into ``path``."""
+    """One line per ``label=glob`` of run folders (relative to the working directory; split at the last ``=``)
+    into ``path``."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for group in groups:
-        label, sep, pattern = group.partition("=")
+        label, sep, pattern = group.rpartition("=")
         runs = sorted(p for p in Path().glob(pattern) if (p / "logs").is_dir())
         if not sep or not runs:
             raise SystemExit(f"{group!r}: expected label=glob matching run folders with logs/")
