@@ -76,10 +76,10 @@ class RecurrentFeaturesExtractor(BaseFeaturesExtractor):
     def episodes(self, obs: Obs) -> torch.Tensor:
         """Features ``(T, B, F)`` of ``B`` whole episodes, obs ``(T, B, ...)`` starting at ``t = 0``, run from the
         initial state."""
-        leading = (obs if isinstance(obs, torch.Tensor) else next(iter(obs.values()))).shape[:2]
-        starts = torch.zeros(leading, device=self._device())
+        steps, batch = obs_batch_size(obs), obs_batch_size(map_obs(lambda x: x[0], obs))
+        starts = torch.zeros(steps, batch, device=self._device())
         starts[0] = 1.0
-        features, _ = self.sequence(obs, self.initial_state(leading[1], self._device()), starts)
+        features, _ = self.sequence(obs, self.initial_state(batch, self._device()), starts)
         return features
 
     def forward(self, observations: Obs) -> torch.Tensor:
