@@ -101,11 +101,6 @@ class TensorMemoryConfig:
             raise ValueError(f"TensorMemoryConfig.backend must be one of {BACKENDS}; got {self.backend!r}")
 
     @property
-    def read_points(self) -> int:
-        """Reads per memory step: 8 with a read cube, else 1."""
-        return 8 if self.read_cube > 0 else 1
-
-    @property
     def state_numel(self) -> int:
         """Numbers held per env: ``h`` and ``c``, each ``C * D * H * W``."""
         return 2 * self.channels * math.prod(self.grid)

@@ -51,10 +51,10 @@ class TensorMemory(nn.Module):
             self.strength_bias = nn.Parameter(torch.tensor(float(config.strength_bias_init)))
         self._zero_write_heads()
         self.update = FactorizedGateConv(channels, config.forget_bias_init)
-        read_width = config.read_points * channels
         corners = torch.tensor([[x, y, z] for z in (-1.0, 1.0) for y in (-1.0, 1.0) for x in (-1.0, 1.0)])
         offsets = config.read_cube * corners if config.read_cube > 0 else torch.zeros(1, 3)
         self.register_buffer("read_offsets", offsets, persistent=False)
+        read_width = len(offsets) * channels
         self.read_norm = nn.LayerNorm(read_width) if config.read_norm else nn.Identity()
         self.out_proj = nn.Linear(read_width, token_dim)
 
