@@ -202,13 +202,17 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
         _fail(key, value, f"must be one of {sorted(allowed)}")
 
 
+def memory_options(memory: dict[str, Any]) -> dict[str, Any]:
+    """The Tensor Memory options a model config sets (``null`` leaves the memory's default)."""
+    return {key: value for key, value in memory.items() if value is not None}
+
+
 def _check_memory(memory: DictConfig) -> None:
     """The memory options make a valid :class:`~tmem_agents.memory.TensorMemoryConfig` (``null``: its default)."""
     from tmem_agents.memory import TensorMemoryConfig
 
-    options = {key: value for key, value in OmegaConf.to_container(memory).items() if value is not None}
     try:
-        TensorMemoryConfig(**options)
+        TensorMemoryConfig(**memory_options(OmegaConf.to_container(memory)))
     except ValueError as error:
         raise ConfigError(f"model.memory: {error}") from None
 

@@ -27,7 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 from tmem_agents.algos import MemoryPPO
 from tmem_agents.callbacks import CheckpointCallback, EvalCallback, save_model
-from tmem_agents.config_schema import ConfigError, compose, register_configs, validate_train
+from tmem_agents.config_schema import ConfigError, compose, memory_options, register_configs, validate_train
 from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.evaluation import evaluate
 from tmem_agents.policies import EXTRACTORS
@@ -48,7 +48,7 @@ def extractor_kwargs(model_cfg: DictConfig) -> dict[str, Any]:
         options.pop(key)
     memory = options.get("memory")
     if memory is not None:
-        options["memory"] = {key: value for key, value in memory.items() if value is not None}
+        options["memory"] = memory_options(memory)
     return options
 
 
