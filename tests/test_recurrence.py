@@ -101,10 +101,18 @@ def test_recurrence_gradcheck(depthwise_form, update_form):
 
 @pytest.mark.parametrize("local", [False, True])
 @pytest.mark.parametrize("cube", [0.0, 0.4])
-def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local, cube):
+@pytest.mark.parametrize("per_token", [False, True])
+def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local, cube, per_token):
     torch.manual_seed(1)
     config = TensorMemoryConfig(
-        grid=(3, 4, 5), channels=3, chunk_size=2, write_radius=1, local_update=local, read_norm=local, read_cube=cube
+        grid=(3, 4, 5),
+        channels=3,
+        chunk_size=2,
+        write_radius=1,
+        local_update=local,
+        read_norm=local,
+        read_cube=cube,
+        per_token=per_token,
     )
     memory = TensorMemory(config, 6).double()
     tokens = torch.randn(2, 8, 6, dtype=torch.float64)
@@ -119,21 +127,23 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local, 
         keep = (1 - starts[:, step]).view(-1, 1, 1, 1, 1)
         h, c = h * keep, c * keep
         chunk = grouped[:, step]
-        values, write_loc, sigma, strength = memory.write_terms(memory.write_proj(chunk.flatten(1)))
+        inputs = chunk if per_token else chunk.flatten(1)[:, None]  # each token, or the whole chunk
+        readers = chunk if per_token else chunk[:, :1]
+        values, write_loc, sigma, strength = memory.write_terms(memory.write_proj(inputs))
         read, h, c = memory_step(
             h,
             c,
-            memory.coordinates(chunk[:, :1]) + memory.read_offsets,
-            values[:, None],
-            write_loc[:, None],
-            sigma[:, None],
+            (memory.coordinates(readers)[:, :, None] + memory.read_offsets).flatten(1, 2),
+            values,
+            write_loc,
+            sigma,
             memory.update.weights(),
             radius=1,
-            strength=None if strength is None else strength[:, None],
+            strength=strength,
             backend="torch",
         )
-        reads.append(read.flatten(1)[:, None])  # the read cube's 8 reads side by side
-    expected = memory.out_proj(memory.read_norm(torch.cat(reads, 1))).repeat_interleave(2, dim=1)
+        reads.append(read.reshape(2, 1, len(readers[0]), -1))  # the read cube's 8 reads side by side per reader
+    expected = memory.out_proj(memory.read_norm(torch.cat(reads, 1))).expand(-1, -1, 2, -1).flatten(1, 2)
     assert torch.allclose(out, expected, atol=1e-10)
     assert torch.allclose(new_state["h"], h, atol=1e-10) and torch.allclose(new_state["c"], c, atol=1e-10)
 

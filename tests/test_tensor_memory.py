@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tmem_agents.memory import MemoryBlock, TensorMemory, TensorMemoryConfig
+from tmem_agents.ops import memory_step
 from tmem_agents.transformer import PreNormBlock
 
 
@@ -137,7 +138,27 @@ def test_a_read_cube_reads_the_eight_corners_around_the_read_location():
     expected = torch.nn.functional.grid_sample(
         state["h"], corners.view(2, 8, 1, 1, 3), align_corners=True, padding_mode="border"
     ).view(2, 4, 8)
-    assert torch.allclose(reads["read"][:, 0], expected.transpose(1, 2).flatten(1), atol=1e-6)
+    assert torch.allclose(reads["read"][:, 0, 0], expected.transpose(1, 2).flatten(1), atol=1e-6)
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_per_token_every_token_reads_its_place_and_padding_writes_nothing(local):
+    memory = _memory(chunk_size=2, per_token=True, local_update=local, backend="torch")
+    state = memory.init_state(2).apply(lambda t: torch.randn_like(t))
+    tokens = torch.randn(2, 3, 8)  # a full chunk, then a chunk of one token and one padding token
+    out, new_state = memory(tokens, state)
+    reads = torch.nn.functional.grid_sample(
+        state["h"], memory.coordinates(tokens[:, :2]).view(2, 2, 1, 1, 3), align_corners=True, padding_mode="border"
+    ).view(2, 4, 2)
+    assert torch.allclose(out[:, :2], memory.out_proj(reads.transpose(1, 2)), atol=1e-6)
+    assert not torch.allclose(out[:, 0], out[:, 1])
+    _, first = memory(tokens[:, :2], state)
+    values, location, sigma, strength = memory.write_terms(memory.write_proj(tokens[:, 2:]))  # one write alone
+    read_at = memory.coordinates(tokens[:, 2:])
+    _, h, c = memory_step(
+        first["h"], first["c"], read_at, values, location, sigma, memory.update.weights(), strength=strength
+    )
+    assert torch.allclose(new_state["h"], h, atol=1e-6) and torch.allclose(new_state["c"], c, atol=1e-6)
 
 
 def test_integer_gate_init_makes_a_float_gate():
@@ -276,12 +297,14 @@ def test_single_token_attention_equals_multihead_attention():
 
 
 @pytest.mark.parametrize("kernel", ["1", "0"])
-@pytest.mark.parametrize(("local", "cube"), [(False, 0.0), (True, 0.0), (True, 0.5)])
-def test_no_grad_forward_equals_the_training_forward(monkeypatch, kernel, local, cube):
+@pytest.mark.parametrize(
+    ("local", "cube", "per_token"), [(False, 0.0, False), (True, 0.0, False), (True, 0.5, False), (True, 0.5, True)]
+)
+def test_no_grad_forward_equals_the_training_forward(monkeypatch, kernel, local, cube, per_token):
     """Rollouts (no grad: the scan with the C kernel, or one reference step per chunk without it) compute
     what training computes."""
     monkeypatch.setenv("TMEM_CPU_KERNEL", kernel)
-    memory = _memory(chunk_size=2, local_update=local, read_norm=local, read_cube=cube)
+    memory = _memory(chunk_size=2, local_update=local, read_norm=local, read_cube=cube, per_token=per_token)
     tokens = torch.randn(3, 6, 8)
     starts = torch.tensor([[0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.float32)
     state = memory.init_state(3).apply(lambda t: torch.randn_like(t) * 0.5)

@@ -38,6 +38,12 @@ class TensorMemoryConfig:
             corners of the cube of half-width ``delta`` around the read location (grid units) and concatenates
             the 8 reads (``8 C`` channels into ``read_norm`` and ``out_proj``): a read then sees a
             neighbourhood of the grid, not one point.
+        per_token: ``False`` (reference): a chunk's first token reads, and the chunk makes one write, projected
+            from all its tokens, its read broadcast back to every token. ``True``: every token of a chunk reads at
+            its own location and writes from its own write input (its own location, content, spread and
+            strength); the chunk's writes add up in its one update, and each token receives its own read. A
+            step then reads ``chunk_size`` places of the grid and can write each token's content where that
+            token points, where the reference passes one read of ``C`` channels to the whole observation.
         write_from: what a :class:`~tmem_agents.memory.MemoryBlock` projects the write input from:
             ``"memory_input"`` (reference), the LayerNormed tokens the memory also reads with; or
             ``"block_input"``, the tokens that entered the block, before its attention and that LayerNorm, so a
@@ -61,6 +67,7 @@ class TensorMemoryConfig:
     strength_bias_init: float = 0.0
     read_norm: bool = False
     read_cube: float = 0.0
+    per_token: bool = False
     write_from: str = "memory_input"
     padding_mode: str = "border"
     backend: str = "auto"
@@ -82,7 +89,7 @@ class TensorMemoryConfig:
         _require_finite("sigma_bias_init", self.sigma_bias_init)
         _require_finite("gate_init", self.gate_init)
         _require_finite("forget_bias_init", self.forget_bias_init)
-        for name in ("local_update", "read_norm"):
+        for name in ("local_update", "read_norm", "per_token"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TensorMemoryConfig.{name} must be true or false; got {getattr(self, name)!r}")
         _require_finite("strength_bias_init", self.strength_bias_init)

@@ -26,7 +26,8 @@ class TensorMemory(nn.Module):
     x_w`` with spread ``sigma = sigma_scale * (softplus(w_s x_w) + 1e-4)``. Each step reads ``h`` at ``p_r`` (or at
     the 8 corners of a cube around it, ``read_cube``), then writes and updates
     (:func:`tmem_agents.ops.memory_step`). The chunk's read vector is projected back to ``d`` (``out_proj``) and
-    broadcast to its tokens. The state's size never depends on the horizon.
+    broadcast to its tokens. With ``per_token`` every token of the chunk is a read input and (projected on its
+    own) a write input, and receives its own read. The state's size never depends on the horizon.
     """
 
     def __init__(self, config: TensorMemoryConfig, token_dim: int) -> None:
@@ -38,7 +39,9 @@ class TensorMemory(nn.Module):
         self.config = config
         self.token_dim = token_dim
         channels = config.channels
-        self.write_proj = nn.Linear(config.chunk_size * token_dim, token_dim)
+        # one write per chunk from all its tokens, or with per_token one per token from that token
+        self.writes_per_chunk = config.chunk_size if config.per_token else 1
+        self.write_proj = nn.Linear(config.chunk_size // self.writes_per_chunk * token_dim, token_dim)
         self.coord = nn.Linear(token_dim, 3)
         self.content = nn.Linear(token_dim, channels)
         # the spread's bias is its own parameter so that weight initialisers that zero Linear biases
@@ -153,11 +156,19 @@ class TensorMemory(nn.Module):
         batch, num, dim = tokens.shape
         chunk = self.config.chunk_size
 
-        def chunks(x: torch.Tensor) -> torch.Tensor:
-            return F.pad(x, (0, 0, 0, (-num) % chunk)).view(batch, -1, chunk, dim)
+        inputs = self.writes_per_chunk  # read and write inputs per chunk: 1, or every token with per_token
 
-        read_loc = self.coordinates(chunks(tokens)[:, :, 0]).unsqueeze(2) + self.read_offsets
-        writes = self.write_terms(self.write_proj(chunks(tokens if write_tokens is None else write_tokens).flatten(2)))
+        def chunks(x: torch.Tensor) -> torch.Tensor:
+            """``(B, N, d)`` -> ``(B, K, inputs, chunk / inputs * d)``: each chunk's read or write inputs."""
+            return F.pad(x, (0, 0, 0, (-num) % chunk)).view(batch, -1, inputs, chunk // inputs * dim)
+
+        read_loc = self.coordinates(chunks(tokens)[..., :dim]).unsqueeze(3) + self.read_offsets
+        read_loc = read_loc.flatten(2, 3)
+        writes = self.write_terms(self.write_proj(chunks(tokens if write_tokens is None else write_tokens)))
+        if inputs > 1 and num % chunk:  # the padding tokens of a last, partial chunk write nothing
+            valid = (torch.arange(read_loc.shape[1] * chunk, device=tokens.device) < num).view(1, -1, chunk)
+            values, write_loc, sigma, strength = writes
+            writes = (values * valid.unsqueeze(-1), write_loc, sigma, None if strength is None else strength * valid)
         if chunk_starts is not None and tuple(chunk_starts.shape) != tuple(read_loc.shape[:2]):
             raise ValueError(
                 f"chunk_starts must have shape {tuple(read_loc.shape[:2])}, got {tuple(chunk_starts.shape)}"
@@ -167,7 +178,8 @@ class TensorMemory(nn.Module):
             reads, h, c = self._scan(h, c, read_loc, writes, chunk_starts)
         else:
             reads, h, c = self._steps(h, c, read_loc, writes, chunk_starts)
-        out = self.out_proj(self.read_norm(reads)).repeat_interleave(chunk, dim=1)[:, :num]
+        out = self.out_proj(self.read_norm(reads.view(batch, reads.shape[1], inputs, -1)))
+        out = out.expand(-1, -1, chunk, -1).reshape(batch, -1, dim)[:, :num]
         return out, TensorDict({"h": h, "c": c}, batch_size=state.batch_size, device=state.device)
 
     def _scan(self, h, c, read_loc, writes, chunk_starts):
@@ -175,21 +187,18 @@ class TensorMemory(nn.Module):
         (:func:`~tmem_agents.ops.recurrence.recurrence`), the reads after it. Training everywhere, and every
         forward on the CPU when its C kernel is built (a no-grad step too: about a third faster than
         :meth:`_steps` there)."""
-        values, write_loc, sigma, strength = writes
-        batch, steps, channels = values.shape
+        batch, steps, inputs, channels = writes[0].shape
         cfg = self.config
         weights = self.update.weights()
-        time_major = [t.transpose(0, 1).reshape(steps * batch, 1, -1) for t in (values, write_loc)]
-        read_loc = read_loc.transpose(0, 1).reshape(steps * batch, -1, 3)
-        sigma = sigma.T.reshape(steps * batch, 1)
-        volumes = splat_write(
-            time_major[0], time_major[1], sigma, grid=cfg.grid, radius=cfg.write_radius, backend=cfg.backend
+        values, write_loc, sigma, read_loc = (
+            t.transpose(0, 1).reshape(steps * batch, *t.shape[2:]) for t in (*writes[:3], read_loc)
         )
+        volumes = splat_write(values, write_loc, sigma, grid=cfg.grid, radius=cfg.write_radius, backend=cfg.backend)
         masses = None
-        if strength is not None:
+        if writes[3] is not None:
             masses = write_mass(
-                strength.T.reshape(steps * batch, 1),
-                time_major[1],
+                writes[3].transpose(0, 1).reshape(steps * batch, inputs),
+                write_loc,
                 sigma,
                 grid=cfg.grid,
                 radius=cfg.write_radius,
@@ -210,18 +219,17 @@ class TensorMemory(nn.Module):
         for step in range(values.shape[1]):
             if chunk_starts is not None:
                 h, c = zero_rows(h, chunk_starts[:, step]), zero_rows(c, chunk_starts[:, step])
-            window = slice(step, step + 1)
             read, h, c = memory_step(
                 h,
                 c,
                 read_loc[:, step],
-                values[:, window],
-                write_loc[:, window],
-                sigma[:, window],
+                values[:, step],
+                write_loc[:, step],
+                sigma[:, step],
                 weights,
                 radius=self.config.write_radius,
                 padding_mode=self.config.padding_mode,
-                strength=None if strength is None else strength[:, window],
+                strength=None if strength is None else strength[:, step],
                 backend=self.config.backend,
             )
             reads.append(read.flatten(1))
