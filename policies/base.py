@@ -13,9 +13,12 @@ Observations arrive preprocessed by SB3 (images scaled to ``[0, 1]``, discrete s
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 
 import torch
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from tensordict import TensorDict
 
@@ -53,6 +56,15 @@ class RecurrentFeaturesExtractor(BaseFeaturesExtractor):
         biases); :class:`~tmem_agents.policies.recurrent_policy.RecurrentActorCriticPolicy` calls this right
         after. Default: nothing.
         """
+
+    def apply_sb3_initialisation(self, restore: bool = True) -> None:
+        """Draw the initialisation an ``ActorCriticPolicy`` with ``ortho_init`` gives its extractor (every
+        ``nn.Linear`` and conv orthogonal with gain ``sqrt(2)``, zero biases), then, with ``restore``,
+        :meth:`restore_initialisation` as :class:`~tmem_agents.policies.recurrent_policy.RecurrentActorCriticPolicy`
+        does: the extractor as a policy starts it, for use outside one."""
+        self.apply(functools.partial(BasePolicy.init_weights, gain=math.sqrt(2)))
+        if restore:
+            self.restore_initialisation()
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
         """One step from a state already reset where episodes start: obs ``(B, ...)`` -> features ``(B, F)``."""

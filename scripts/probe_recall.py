@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import functools
 import time
 
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 
 from tmem_agents.policies import EXTRACTORS
@@ -148,8 +146,7 @@ def train(probe: Probe, seed: int) -> list[tuple[int, float]]:
         kwargs["memory"] = options(args.memory)
     extractor = EXTRACTORS[args.model](space, **kwargs)
     if args.ortho_init:
-        extractor.apply(functools.partial(BasePolicy.init_weights, gain=np.sqrt(2)))
-        extractor.restore_initialisation()
+        extractor.apply_sb3_initialisation()
     extractor.requires_grad_(not args.frozen)
     readout = nn.Linear(64, probe.out_dim)
     params = [p for p in (*extractor.parameters(), *readout.parameters()) if p.requires_grad]

@@ -26,11 +26,9 @@ the same seed and overrides):
 from __future__ import annotations
 
 import argparse
-import functools
 
 import numpy as np
 import torch
-from stable_baselines3.common.policies import BasePolicy
 
 from tmem_agents.config_schema import compose
 from tmem_agents.env_factory import make_envs, normalize
@@ -78,7 +76,7 @@ def fresh_extractor(
     extractor = build_model(cfg, env).policy.features_extractor
     env.close()
     if sb3_init:
-        extractor.apply(functools.partial(BasePolicy.init_weights, gain=np.sqrt(2)))
+        extractor.apply_sb3_initialisation(restore=False)
     return extractor
 
 

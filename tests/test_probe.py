@@ -67,7 +67,7 @@ def test_frozen_probe_trains_only_the_readout(monkeypatch):
     torch.manual_seed(0)
     space = probe_recall.gym.spaces.Box(-1.0, 1.0, shape=(probe.obs_dim,), dtype=np.float32)
     fresh = extractor_class(space, features_dim=64, forget_bias=3)
-    fresh.apply(probe_recall.functools.partial(probe_recall.BasePolicy.init_weights, gain=np.sqrt(2)))
+    fresh.apply_sb3_initialisation()
     for trained, initial in zip(made[0].parameters(), fresh.parameters(), strict=True):
         assert torch.equal(trained, initial)
     assert curve[-1][1] == 1.0  # an LSTM with forget bias 3 carries a cue over 4 steps untrained
