@@ -83,6 +83,15 @@ def test_chunks_are_sequential_memory_steps():
     assert torch.equal(whole[:, 0], whole[:, 1])
 
 
+@pytest.mark.parametrize("per_token", [False, True])
+def test_strided_tokens_give_what_contiguous_tokens_give(per_token):
+    memory = _memory(per_token=per_token)
+    tokens = torch.randn(4, 3, 8).transpose(0, 1)  # (B, N, d) as a view of a time-major tensor
+    out, state = memory(tokens, memory.init_state(3))
+    out_contiguous, state_contiguous = memory(tokens.contiguous(), memory.init_state(3))
+    assert torch.equal(out, out_contiguous) and torch.equal(state["h"], state_contiguous["h"])
+
+
 def test_memory_output_depends_on_what_was_written():
     memory = _memory(chunk_size=1)
     state = memory.init_state(1)

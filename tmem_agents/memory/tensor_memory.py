@@ -160,7 +160,7 @@ class TensorMemory(nn.Module):
 
         def chunks(x: torch.Tensor) -> torch.Tensor:
             """``(B, N, d)`` -> ``(B, K, inputs, chunk / inputs * d)``: each chunk's read or write inputs."""
-            return F.pad(x, (0, 0, 0, (-num) % chunk)).view(batch, -1, inputs, chunk // inputs * dim)
+            return F.pad(x, (0, 0, 0, (-num) % chunk)).reshape(batch, -1, inputs, chunk // inputs * dim)
 
         read_loc = self.coordinates(chunks(tokens)[..., :dim]).unsqueeze(3) + self.read_offsets
         read_loc = read_loc.flatten(2, 3)
