@@ -18,9 +18,14 @@ the same seed and overrides):
   the answer step's query makes to the features. Near 0 the blank steps have buried the cue before PPO
   starts; the LSTM with forget bias 3 keeps about 1.5.
 
+With ``--trained RUN_DIR ...`` it measures trained spatial-recall agents instead (their final models), on
+2,048 episodes: the readout R^2 of the shown coordinates and of the named object's position from the
+query-step features, and how far the policy's answer lands from that position.
+
     python scripts/start_sensitivity.py model=tensor_memory --seeds 16
     python scripts/start_sensitivity.py model=tensor_memory --sb3-init     # the memory's heads as SB3 draws them
     python scripts/start_sensitivity.py model=lstm model.forget_bias=3.0
+    python scripts/start_sensitivity.py --trained runs/spatial_tm_s0 runs/spatial_lstm_s0
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ import argparse
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
+from tmem_agents.algos import MemoryPPO
 from tmem_agents.config_schema import compose
 from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.envs.spatial_recall import SpatialRecallEnv
 from tmem_agents.policies.base import RecurrentFeaturesExtractor
+from tmem_agents.run_folder import RunFolder
 from tmem_agents.train import build_model
 
 EPISODES = 32
@@ -92,13 +100,20 @@ def shown_share(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor) -> flo
     return (grad[:3].abs().mean() / grad[-1].abs().mean()).item()
 
 
-def readout_r2(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor) -> float:
-    """Held-out R^2 (mean over the 6 coordinates) of a ridge readout of the shown positions from the
-    query-step features: fitted on the first half of the episodes ``(T, B, obs_dim)``, scored on the second."""
+def named_positions(obs: torch.Tensor) -> torch.Tensor:
+    """The position ``(B, 2)`` of the object each episode's query names, from episodes ``(T, B, obs_dim)``."""
+    named = obs[-1, :, 6:9].argmax(dim=1)
+    return obs[0, :, :6].view(-1, 3, 2)[torch.arange(obs.shape[1]), named]
+
+
+def readout_r2(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor, target: torch.Tensor | None = None) -> float:
+    """Held-out R^2 (mean over the target's columns) of a ridge readout of ``target`` ``(B, k)`` (default: the 6
+    shown coordinates) from the query-step features: fitted on the first half of the episodes
+    ``(T, B, obs_dim)``, scored on the second."""
     with torch.no_grad():
         features = query_features(extractor, obs).double()
     x = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], dim=1)
-    y = obs[0, :, :6].double()
+    y = (obs[0, :, :6] if target is None else target).double()
     half = len(x) // 2
     ridge = 1e-3 * torch.eye(x.shape[1], dtype=x.dtype)
     weights = torch.linalg.solve(x[:half].T @ x[:half] + ridge, x[:half].T @ y[:half])
@@ -116,6 +131,27 @@ def cue_kept(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor, cues: tor
     return (separation / (features[-1] - features[-2]).norm(dim=1).mean()).item()
 
 
+def trained_readout(run_dir: str, obs: torch.Tensor) -> dict[str, float]:
+    """For the final model of a spatial-recall run folder: the readout R^2 of the shown coordinates
+    (``shown``) and of the named object's position (``named``) from its query-step features, and the mean
+    distance from that position to its deterministic answer (``distance``), over episodes ``(T, B, obs_dim)``."""
+    run = RunFolder(run_dir)
+    run.require_config("--trained")
+    env_id = OmegaConf.load(run.config).env.id
+    if env_id != "tmem/SpatialRecall-v0":
+        raise SystemExit(f"--trained {run_dir}: the run trained on {env_id}, not tmem/SpatialRecall-v0")
+    policy = MemoryPPO.load(run.model_path("final"), device="cpu").policy
+    extractor = policy.pi_features_extractor
+    target = named_positions(obs)
+    with torch.no_grad():
+        answer = policy.action_net(policy.mlp_extractor.forward_actor(query_features(extractor, obs)))
+    return {
+        "shown": readout_r2(extractor, obs),
+        "named": readout_r2(extractor, obs, target),
+        "distance": (answer.clamp(-1.0, 1.0) - target).norm(dim=1).mean().item(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="tmem-train overrides, e.g. model=lstm model.forget_bias=3.0")
@@ -123,8 +159,18 @@ def main() -> None:
     parser.add_argument(
         "--sb3-init", action="store_true", help="SB3's orthogonal init on the whole extractor, heads not restored"
     )
+    parser.add_argument("--trained", nargs="+", metavar="RUN_DIR", help="measure these trained spatial-recall runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.trained:
+        readout_obs = episodes(READOUT_EPISODES)
+        for run_dir in args.trained:
+            measured = trained_readout(run_dir, readout_obs)
+            print(
+                f"{run_dir}: readout R^2 of the shown coordinates {measured['shown']:.2f}, of the named object's "
+                f"position {measured['named']:.2f}; the answer's mean distance from it {measured['distance']:.3f}"
+            )
+        return
     obs, readout_obs = episodes(EPISODES), episodes(READOUT_EPISODES)
     extractors = [fresh_extractor(args.overrides, seed, args.sb3_init) for seed in range(args.seeds)]
     shares = np.array([shown_share(extractor, obs) for extractor in extractors])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tmem_agents.envs.spatial_recall import SpatialRecallEnv
+from tmem_agents.train import main as train_main
 
 _SPEC = importlib.util.spec_from_file_location(
     "probe_recall", Path(__file__).resolve().parents[1] / "scripts" / "probe_recall.py"
@@ -83,12 +84,14 @@ def test_reinforce_probe_trains_a_gaussian_policy_from_the_query_or_every_step()
         probe_recall.Probe(_args(reinforce="query"))
 
 
+_SPEC_START = importlib.util.spec_from_file_location(
+    "start_sensitivity", Path(__file__).resolve().parents[1] / "scripts" / "start_sensitivity.py"
+)
+start_sensitivity = importlib.util.module_from_spec(_SPEC_START)
+_SPEC_START.loader.exec_module(start_sensitivity)
+
+
 def test_start_sensitivity_tells_a_memory_that_carries_the_objects_from_one_that_does_not():
-    spec = importlib.util.spec_from_file_location(
-        "start_sensitivity", Path(__file__).resolve().parents[1] / "scripts" / "start_sensitivity.py"
-    )
-    start_sensitivity = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(start_sensitivity)
     obs = start_sensitivity.episodes(4)
     assert obs.shape == (14, 4, 11)
     lstm = ["model=lstm", "model.forget_bias=3.0"], ["model=lstm", "model.forget_bias=-10.0"]
@@ -112,3 +115,22 @@ def test_start_sensitivity_tells_a_memory_that_carries_the_objects_from_one_that
     restored = start_sensitivity.fresh_extractor(["model=tensor_memory"], 0).memory
     redrawn = start_sensitivity.fresh_extractor(["model=tensor_memory"], 0, sb3_init=True).memory
     assert restored.spread.weight.abs().max() == 0 < redrawn.spread.weight.abs().max()
+
+
+def test_start_sensitivity_measures_a_trained_spatial_recall_run(tmp_path):
+    run_dir = tmp_path / "run"
+    train_main(
+        ["env=spatial_recall", "algo=ppo_recall", "model=tensor_memory", "model.token_dim=16", "total_timesteps=512",
+         "final_eval_episodes=2", "eval_freq=0", "progress_bar=false", "log_formats=[csv]", f"hydra.run.dir={run_dir}"]
+    )  # fmt: skip
+    obs = start_sensitivity.episodes(64)
+    named = start_sensitivity.named_positions(obs)
+    assert torch.equal(named[0], obs[0, 0, :6].view(3, 2)[obs[-1, 0, 6:9].argmax()])
+    measured = start_sensitivity.trained_readout(str(run_dir), obs)
+    assert set(measured) == {"shown", "named", "distance"}
+    assert measured["shown"] <= 1.0 and measured["named"] <= 1.0 and 0.0 <= measured["distance"] <= 2 * np.sqrt(2)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("env:\n  id: tmem/CueRecall-v0\n")
+    with pytest.raises(SystemExit, match="not tmem/SpatialRecall-v0"):
+        start_sensitivity.trained_readout(str(other), obs)
