@@ -117,14 +117,17 @@ def _save(fig: plt.Figure, ax: plt.Axes, title: str, path: Path) -> None:
 
 
 def plot_groups(groups: list[str], title: str, path: Path) -> None:
-    """One line per ``label=glob`` of run folders (relative to the working directory; split at the last ``=``)
-    into ``path``."""
+    """One line per label of ``label=glob`` groups of run folders (relative to the working directory; split at
+    the last ``=``; groups that repeat a label join its line) into ``path``."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
+    runs_of: dict[str, list[Path]] = {}
     for group in groups:
         label, sep, pattern = group.rpartition("=")
         runs = sorted(p for p in Path().glob(pattern) if (p / "logs").is_dir())
         if not sep or not runs:
             raise SystemExit(f"{group!r}: expected label=glob matching run folders with logs/")
+        runs_of.setdefault(label, []).extend(runs)
+    for label, runs in runs_of.items():
         _draw(ax, label, [_curve(run) for run in runs])
     _save(fig, ax, title, path)
 

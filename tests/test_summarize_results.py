@@ -28,3 +28,15 @@ def test_curves_of_run_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert (tmp_path / "plots" / "task.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="expected label=glob"):
         script.plot_groups(["LSTM=runs/lstm_s*"], "a task", tmp_path / "none.png")
+
+
+def test_groups_that_repeat_a_label_join_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for run in ("old/lstm_s0", "new/lstm_s1", "new/tm_s0"):
+        (tmp_path / run / "logs").mkdir(parents=True)
+        (tmp_path / run / "logs" / "progress.csv").write_text("time/total_timesteps,rollout/ep_rew_mean\n0,1.0\n")
+    monkeypatch.chdir(tmp_path)
+    script = _script()
+    drawn = []
+    monkeypatch.setattr(script, "_draw", lambda ax, label, curves: drawn.append((label, len(curves))))
+    script.plot_groups(["LSTM=old/lstm_s*", "TM=new/tm_s*", "LSTM=new/lstm_s*"], "a task", tmp_path / "task.png")
+    assert drawn == [("LSTM", 2), ("TM", 1)]
