@@ -39,9 +39,9 @@ class TensorMemory(nn.Module):
         self.config = config
         self.token_dim = token_dim
         channels = config.channels
-        # one write per chunk from all its tokens, or with per_token one per token from that token
-        self.writes_per_chunk = config.chunk_size if config.per_token else 1
-        self.write_proj = nn.Linear(config.chunk_size // self.writes_per_chunk * token_dim, token_dim)
+        # read and write inputs per chunk: the chunk (its first token reads, all its tokens write), or each token
+        self.inputs_per_chunk = config.chunk_size if config.per_token else 1
+        self.write_proj = nn.Linear(config.chunk_size // self.inputs_per_chunk * token_dim, token_dim)
         self.coord = nn.Linear(token_dim, 3)
         self.content = nn.Linear(token_dim, channels)
         # the spread's bias is its own parameter so that weight initialisers that zero Linear biases
@@ -156,7 +156,7 @@ class TensorMemory(nn.Module):
         batch, num, dim = tokens.shape
         chunk = self.config.chunk_size
 
-        inputs = self.writes_per_chunk  # read and write inputs per chunk: 1, or every token with per_token
+        inputs = self.inputs_per_chunk
 
         def chunks(x: torch.Tensor) -> torch.Tensor:
             """``(B, N, d)`` -> ``(B, K, inputs, chunk / inputs * d)``: each chunk's read or write inputs."""
