@@ -19,6 +19,7 @@ import csv
 import json
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -119,6 +120,9 @@ def run_memory_ppo(task: str, spec: dict, model: str, seed: int, out: Path) -> d
     )
 
 
+_COMPOSE_LOCK = threading.Lock()
+
+
 def run_recurrent_ppo(task: str, spec: dict, seed: int, out: Path) -> dict:
     """sb3-contrib's RecurrentPPO with the task's composed env and PPO settings."""
     from sb3_contrib import RecurrentPPO
@@ -131,7 +135,8 @@ def run_recurrent_ppo(task: str, spec: dict, seed: int, out: Path) -> dict:
     from tmem_agents.train import learning_rate
 
     run_dir = out / "runs" / task / REFERENCE / f"s{seed}"
-    cfg = compose("train", _overrides(task, spec, "lstm", seed))
+    with _COMPOSE_LOCK:  # Hydra's compose API keeps one global state: one thread composes at a time
+        cfg = compose("train", _overrides(task, spec, "lstm", seed))
     algo = cfg.algo
     env = normalize(make_envs(cfg.env, algo.n_envs, seed), algo)
     model = RecurrentPPO(
