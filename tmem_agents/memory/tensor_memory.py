@@ -187,17 +187,21 @@ class TensorMemory(nn.Module):
         (:func:`~tmem_agents.ops.recurrence.recurrence`), the reads after it. Training everywhere, and every
         forward on the CPU when its C kernel is built (a no-grad step too: about a third faster than
         :meth:`_steps` there)."""
-        batch, steps, inputs, channels = writes[0].shape
+        values, write_loc, sigma, strength = writes
+        batch, steps, _, channels = values.shape
         cfg = self.config
         weights = self.update.weights()
-        values, write_loc, sigma, read_loc = (
-            t.transpose(0, 1).reshape(steps * batch, *t.shape[2:]) for t in (*writes[:3], read_loc)
-        )
+
+        def time_major(x: torch.Tensor) -> torch.Tensor:
+            """``(B, K, ...)`` -> ``(K * B, ...)``, step-major."""
+            return x.transpose(0, 1).reshape(steps * batch, *x.shape[2:])
+
+        values, write_loc, sigma, read_loc = (time_major(t) for t in (values, write_loc, sigma, read_loc))
         volumes = splat_write(values, write_loc, sigma, grid=cfg.grid, radius=cfg.write_radius, backend=cfg.backend)
         masses = None
-        if writes[3] is not None:
+        if strength is not None:
             masses = write_mass(
-                writes[3].transpose(0, 1).reshape(steps * batch, inputs),
+                time_major(strength),
                 write_loc,
                 sigma,
                 grid=cfg.grid,
