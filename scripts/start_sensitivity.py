@@ -106,19 +106,22 @@ def named_positions(obs: torch.Tensor) -> torch.Tensor:
     return obs[0, :, :6].view(-1, 3, 2)[torch.arange(obs.shape[1]), named]
 
 
-def readout_r2(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor, target: torch.Tensor | None = None) -> float:
-    """Held-out R^2 (mean over the target's columns) of a ridge readout of ``target`` ``(B, k)`` (default: the 6
-    shown coordinates) from the query-step features: fitted on the first half of the episodes
-    ``(T, B, obs_dim)``, scored on the second."""
-    with torch.no_grad():
-        features = query_features(extractor, obs).double()
-    x = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], dim=1)
-    y = (obs[0, :, :6] if target is None else target).double()
+def ridge_r2(features: torch.Tensor, target: torch.Tensor) -> float:
+    """Held-out R^2 (mean over the target's columns) of a ridge readout of ``target`` ``(B, k)`` from ``features``
+    ``(B, F)``: fitted on the first half of the rows, scored on the second."""
+    x = torch.cat([features.double(), torch.ones(len(features), 1, dtype=torch.float64)], dim=1)
+    y = target.double()
     half = len(x) // 2
     ridge = 1e-3 * torch.eye(x.shape[1], dtype=x.dtype)
     weights = torch.linalg.solve(x[:half].T @ x[:half] + ridge, x[:half].T @ y[:half])
     residual = y[half:] - x[half:] @ weights
     return (1 - residual.pow(2).sum(0) / (y[half:] - y[half:].mean(0)).pow(2).sum(0)).mean().item()
+
+
+def readout_r2(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor) -> float:
+    """:func:`ridge_r2` of the 6 shown coordinates from the query-step features of episodes ``(T, B, obs_dim)``."""
+    with torch.no_grad():
+        return ridge_r2(query_features(extractor, obs), obs[0, :, :6])
 
 
 def cue_kept(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor, cues: torch.Tensor) -> float:
@@ -144,10 +147,11 @@ def trained_readout(run_dir: str, obs: torch.Tensor) -> dict[str, float]:
     extractor = policy.pi_features_extractor
     target = named_positions(obs)
     with torch.no_grad():
-        answer = policy.action_net(policy.mlp_extractor.forward_actor(query_features(extractor, obs)))
+        features = query_features(extractor, obs)
+        answer = policy.action_net(policy.mlp_extractor.forward_actor(features))
     return {
-        "shown": readout_r2(extractor, obs),
-        "named": readout_r2(extractor, obs, target),
+        "shown": ridge_r2(features, obs[0, :, :6]),
+        "named": ridge_r2(features, target),
         "distance": (answer.clamp(-1.0, 1.0) - target).norm(dim=1).mean().item(),
     }
 
