@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space, preprocess_obs
 from tensordict import TensorDict
+from torch import nn
 
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, obs_batch_size
 from tmem_agents.policies.tensor_memory_extractor import TensorMemoryExtractor
+
+
+class SequenceEvaluation(NamedTuple):
+    """Outputs of :meth:`RecurrentActorCriticPolicy.evaluate_sequences`, each over ``(T, B)`` steps."""
+
+    values: torch.Tensor
+    log_prob: torch.Tensor
+    entropy: torch.Tensor | None
+    features: torch.Tensor  # the actor's features (T, B, F)
+
+
+def _observation_dim(space: gym.Space) -> int:
+    """Length of a flattened vector observation (or of all entries of a dict one); images are refused."""
+    subspaces = space.spaces.values() if isinstance(space, spaces.Dict) else [space]
+    for subspace in subspaces:
+        if is_image_space(subspace, check_channels=False):
+            raise ValueError(
+                f"observation reconstruction needs vector observations, got the image space {subspace}; "
+                "train image tasks with reconstruction_lags=() (algo.reconstruction_coef=0)"
+            )
+    return sum(get_flattened_obs_dim(subspace) for subspace in subspaces)
 
 
 class RecurrentActorCriticPolicy(ActorCriticPolicy):
@@ -22,6 +45,11 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
     The state is a ``TensorDict(batch_size=[n_envs])`` with the extractor's state under ``"pi"``, and, when
     the extractor is not shared, the critic's own under ``"vf"``. The critic always sees a memory trained
     by the value loss: the shared extractor by default, or its own.
+
+    Args:
+        reconstruction_lags: with lags ``(l_1, ...)``, a linear ``reconstruction_head`` decodes from the actor's
+            features at step ``t`` the observations of steps ``t - l_1, ...`` of the same episode
+            (:meth:`reconstruction_loss`, an auxiliary loss that asks the memory to keep what it saw).
     """
 
     def __init__(
@@ -30,8 +58,14 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         action_space: gym.Space,
         lr_schedule: Any,
         features_extractor_class: type[RecurrentFeaturesExtractor] = TensorMemoryExtractor,
+        reconstruction_lags: Sequence[int] = (),
         **kwargs: Any,
     ) -> None:
+        lags = tuple(reconstruction_lags)
+        positive = all(isinstance(lag, int) and not isinstance(lag, bool) and lag >= 1 for lag in lags)
+        if not positive or len(set(lags)) < len(lags):
+            raise ValueError(f"reconstruction_lags must be distinct ints >= 1, got {reconstruction_lags!r}")
+        self.reconstruction_lags = lags
         if not (
             isinstance(features_extractor_class, type)
             and issubclass(features_extractor_class, RecurrentFeaturesExtractor)
@@ -49,10 +83,18 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         )
 
     def _build(self, lr_schedule: Any) -> None:
+        # before the optimizer that super()._build creates, so that it trains the head too
+        self.reconstruction_head = None
+        if self.reconstruction_lags:
+            size = len(self.reconstruction_lags) * _observation_dim(self.observation_space)
+            self.reconstruction_head = nn.Linear(self.features_dim, size)
         super()._build(lr_schedule)
         if self.ortho_init:
             for extractor in self._extractors().values():
                 extractor.restore_initialisation()
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "reconstruction_lags": self.reconstruction_lags}
 
     def _extractors(self) -> dict[str, RecurrentFeaturesExtractor]:
         if self.share_features_extractor:
@@ -108,8 +150,9 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
 
     def evaluate_sequences(
         self, obs: Obs, actions: torch.Tensor, state: TensorDict, episode_starts: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Replay ``T`` steps of ``B`` sequences from ``state`` -> values, log-probs, entropy, each ``(T, B)``."""
+    ) -> SequenceEvaluation:
+        """Replay ``T`` steps of ``B`` sequences from ``state`` -> values, log-probs, entropy ``(T, B)`` and the
+        actor's features ``(T, B, F)``."""
         steps, batch = episode_starts.shape
         pi_features, vf_features, _ = self._features(obs, state, episode_starts)
         latent_pi = self.mlp_extractor.forward_actor(pi_features.flatten(0, 1))
@@ -121,7 +164,32 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         log_prob = distribution.log_prob(flat_actions).view(steps, batch)
         entropy = distribution.entropy()
         entropy = None if entropy is None else entropy.view(steps, batch)
-        return self.value_net(latent_vf).view(steps, batch), log_prob, entropy
+        return SequenceEvaluation(self.value_net(latent_vf).view(steps, batch), log_prob, entropy, pi_features)
+
+    def reconstruction_loss(
+        self, obs: Obs, features: torch.Tensor, episode_starts: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean squared error of the observations ``reconstruction_lags`` steps back, decoded from ``features``.
+
+        ``obs`` ``(T, B, ...)`` as stored, ``features`` ``(T, B, F)``, ``episode_starts`` and ``mask`` ``(T, B)``.
+        Step ``t`` is scored for lag ``l`` only where ``t - l`` lies in the same sequence and episode and both
+        steps are valid; each lag's error is averaged over its scored steps and the lags are averaged.
+        """
+        if self.reconstruction_head is None:
+            raise RuntimeError("this policy was built without reconstruction_lags: it has no reconstruction head")
+        steps, batch = episode_starts.shape
+        flat = map_obs(lambda x: x.reshape(steps, batch, -1).float(), self._preprocess(obs, (steps, batch)))
+        target = torch.cat([flat[key] for key in sorted(flat)], dim=-1) if isinstance(flat, dict) else flat
+        decoded = self.reconstruction_head(features).view(steps, batch, len(self.reconstruction_lags), -1)
+        episode = episode_starts.cumsum(0)
+        losses = []
+        for k, lag in enumerate(self.reconstruction_lags):
+            if lag >= steps:
+                continue
+            valid = (episode[lag:] == episode[:-lag]) & (mask[lag:] > 0) & (mask[:-lag] > 0)
+            error = (decoded[lag:, :, k] - target[:-lag]).pow(2).mean(-1)
+            losses.append(torch.where(valid, error, 0.0).sum() / valid.sum().clamp_min(1))
+        return torch.stack(losses).mean() if losses else features.new_zeros(())
 
     def predict_values(  # type: ignore[override]
         self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor

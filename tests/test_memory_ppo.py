@@ -16,6 +16,7 @@ from tmem_agents import MemoryPPO
 from tmem_agents.algos import NonFiniteError
 from tmem_agents.evaluation import evaluate
 from tmem_agents.policies import EXTRACTORS
+from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy
 
 SMALL = {
     "tensor_memory": {"features_dim": 16, "token_dim": 16, "memory": {"grid": (3, 3, 3), "channels": 4}},
@@ -249,3 +250,96 @@ def test_default_optimizer_is_sb3_adam_with_the_fused_update_and_kwargs_override
     assert group["eps"] == 1e-5 and group["fused"]
     custom = _model(env, policy_kwargs={"optimizer_kwargs": {"eps": 1e-8}}).policy.optimizer.param_groups[0]
     assert custom["eps"] == 1e-8 and not custom["fused"]
+
+
+def _reconstruction_reference(policy, obs, features, starts, mask):
+    """The reconstruction loss step by step: for each lag, the mean error over the pairs it scores."""
+    lags = policy.reconstruction_lags
+    decoded = policy.reconstruction_head(features).view(*starts.shape, len(lags), -1)
+    losses = []
+    for k, lag in enumerate(lags):
+        errors = []
+        for t in range(lag, starts.shape[0]):
+            for b in range(starts.shape[1]):
+                same_episode = not starts[t - lag + 1 : t + 1, b].any()
+                if same_episode and mask[t, b] and mask[t - lag, b]:
+                    errors.append((decoded[t, b, k] - obs[t - lag, b]).pow(2).mean())
+        if errors:
+            losses.append(torch.stack(errors).mean())
+    return torch.stack(losses).mean()
+
+
+def test_reconstruction_loss_scores_earlier_observations_of_the_same_episode_only():
+    env = make_vec_env(ToyEnv, n_envs=2, seed=0)
+    model = _model(env, "gru", bptt_len=16, reconstruction_coef=1.0, reconstruction_lags=(1, 3, 9))
+    policy = model.policy
+    generator = torch.Generator().manual_seed(0)
+    obs = torch.rand(10, 4, 3, generator=generator) * 2 - 1
+    features = torch.randn(10, 4, 16, generator=generator)
+    starts = torch.zeros(10, 4)
+    starts[0] = 1
+    starts[4, 0] = starts[2, 1] = starts[7, 1] = 1
+    mask = torch.ones(10, 4)
+    mask[8:, 3] = 0
+    starts[8:, 3] = 1  # padding, as the buffer pads
+    loss = policy.reconstruction_loss(obs, features, starts, mask)
+    torch.testing.assert_close(loss, _reconstruction_reference(policy, obs, features, starts, mask))
+    # env 1's first episode (steps 0-1) ends before any later step of it can look back at step 1
+    obs_changed = obs.clone()
+    obs_changed[1, 1] = 5.0
+    torch.testing.assert_close(policy.reconstruction_loss(obs_changed, features, starts, mask), loss)
+    obs_changed[0, 1] = 5.0  # step 1 looks back 1 step at step 0
+    assert policy.reconstruction_loss(obs_changed, features, starts, mask) > loss
+    features_changed = features.clone()
+    features_changed[8:, 3] = 1e6  # padded steps are never scored
+    torch.testing.assert_close(policy.reconstruction_loss(obs, features_changed, starts, mask), loss)
+
+
+def test_reconstruction_loss_trains_the_extractor_and_is_logged(tmp_path):
+    env = make_vec_env(ToyEnv, n_envs=2, seed=0)
+    model = _model(env, "tensor_memory", n_steps=16, reconstruction_coef=1.0, reconstruction_lags=(1, 2))
+    head = model.policy.reconstruction_head.weight.detach().clone()
+    written = []
+
+    class Spy(BaseCallback):
+        def _on_rollout_end(self) -> None:
+            written.append(dict(self.model.logger.name_to_value))
+
+        def _on_step(self) -> bool:
+            return True
+
+    model.learn(64, callback=Spy())
+    assert not torch.equal(head, model.policy.reconstruction_head.weight)
+    assert any("train/reconstruction_loss" in values for values in written)
+    batch = next(model.rollout_buffer.sequences(2))
+    out = model.policy.evaluate_sequences(batch.observations, batch.actions, batch.state, batch.episode_starts)
+    model.policy.reconstruction_loss(batch.observations, out.features, batch.episode_starts, batch.mask).backward()
+    grads = [p.grad for p in model.policy.features_extractor.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    model.save(tmp_path / "m.zip")
+    loaded = MemoryPPO.load(tmp_path / "m.zip", env=env)
+    assert loaded.reconstruction_coef == 1.0 and loaded.policy.reconstruction_lags == (1, 2)
+    torch.testing.assert_close(loaded.policy.reconstruction_head.weight, model.policy.reconstruction_head.weight)
+
+
+def test_reconstruction_off_builds_no_head_and_bad_lags_raise():
+    env = make_vec_env(ToyEnv, n_envs=1)
+    policy = _model(env, "mlp").policy
+    assert policy.reconstruction_head is None
+    with pytest.raises(RuntimeError, match="reconstruction_lags"):
+        policy.reconstruction_loss(torch.zeros(2, 1, 3), torch.zeros(2, 1, 16), torch.ones(2, 1), torch.ones(2, 1))
+    with pytest.raises(ValueError, match="bptt_len"):
+        _model(env, "mlp", reconstruction_coef=1.0, reconstruction_lags=(8,))
+    with pytest.raises(ValueError, match="reconstruction_coef"):
+        _model(env, "mlp", reconstruction_coef=-1.0)
+    with pytest.raises(ValueError, match="distinct ints"):
+        _model(env, "mlp", reconstruction_coef=1.0, reconstruction_lags=(2, 2))
+    image = spaces.Box(0, 255, (3, 64, 64), np.uint8)
+    with pytest.raises(ValueError, match="vector observations"):
+        RecurrentActorCriticPolicy(
+            image,
+            spaces.Discrete(2),
+            lambda _: 1e-3,
+            features_extractor_class=EXTRACTORS["mlp"],
+            reconstruction_lags=(1,),
+        )

@@ -59,6 +59,8 @@ class AlgoConfig:
     max_grad_norm: float = 0.5
     target_kl: float | None = None
     bptt_len: int = 32
+    reconstruction_coef: float = 0.0
+    reconstruction_lags: list[int] = field(default_factory=lambda: [1])
     normalize: bool = False
     norm_obs: bool = True
     norm_reward: bool = True
@@ -261,7 +263,12 @@ def validate_train(cfg: DictConfig) -> None:
     _check_device("device", cfg.device)
     algo = cfg.algo
     _at_least(algo, "algo.", ("n_envs", "n_steps", "batch_size", "n_epochs", "bptt_len"), 1)
-    _at_least(algo, "algo.", ("learning_rate", "clip_range", "ent_coef", "vf_coef", "max_grad_norm", "clip_obs"), 0)
+    _at_least(
+        algo,
+        "algo.",
+        ("learning_rate", "clip_range", "ent_coef", "vf_coef", "max_grad_norm", "clip_obs", "reconstruction_coef"),
+        0,
+    )
     _one_of("algo.vec_env", algo.vec_env, VEC_ENVS)
     _one_of("algo.lr_schedule", algo.lr_schedule, LR_SCHEDULES)
     for name in ("gamma", "gae_lambda"):
@@ -269,6 +276,16 @@ def validate_train(cfg: DictConfig) -> None:
             _fail(f"algo.{name}", algo[name], "must lie in [0, 1]")
     if algo.batch_size < algo.bptt_len:
         _fail("algo.batch_size", algo.batch_size, f"counts steps and must be >= algo.bptt_len ({algo.bptt_len})")
+    lags = list(algo.reconstruction_lags)
+    if algo.reconstruction_coef > 0 and (
+        not lags or len(set(lags)) < len(lags) or not all(1 <= lag < algo.bptt_len for lag in lags)
+    ):
+        _fail(
+            "algo.reconstruction_lags",
+            lags,
+            f"must be distinct steps back, each in [1, algo.bptt_len) = [1, {algo.bptt_len}), when "
+            "algo.reconstruction_coef > 0",
+        )
     model = cfg.model
     if model.name not in EXTRACTORS:
         _fail("model.name", model.name, f"is not a model; available: {', '.join(sorted(EXTRACTORS))}")

@@ -92,6 +92,8 @@ def build_model(cfg: DictConfig, env: VecEnv) -> MemoryPPO:
         max_grad_norm=algo.max_grad_norm,
         target_kl=algo.target_kl,
         bptt_len=algo.bptt_len,
+        reconstruction_coef=algo.reconstruction_coef,
+        reconstruction_lags=tuple(algo.reconstruction_lags),
         policy_kwargs=policy_kwargs,
         seed=cfg.seed,
         device=cfg.device,

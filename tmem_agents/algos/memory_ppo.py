@@ -60,6 +60,9 @@ class MemoryPPO(OnPolicyAlgorithm):
             through at most this many steps.
         check_finite: stop with an error naming the env and the timestep when an observation or a reward
             is NaN or infinite.
+        reconstruction_coef: weight of the auxiliary loss that decodes earlier observations from the
+            features (:meth:`RecurrentActorCriticPolicy.reconstruction_loss`); 0 turns it off.
+        reconstruction_lags: how many steps back the decoded observations lie (each ``< bptt_len``).
 
     ``batch_size`` counts steps; a minibatch holds ``batch_size // bptt_len`` whole chunks.
     ``initial_ratio_error`` is the largest ``|ratio - 1|`` in the first minibatch of the latest ``train()``
@@ -92,6 +95,8 @@ class MemoryPPO(OnPolicyAlgorithm):
         target_kl: float | None = None,
         bptt_len: int = 32,
         check_finite: bool = True,
+        reconstruction_coef: float = 0.0,
+        reconstruction_lags: tuple[int, ...] = (1,),
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -110,6 +115,13 @@ class MemoryPPO(OnPolicyAlgorithm):
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
         if batch_size < bptt_len:
             raise ValueError(f"batch_size ({batch_size}) counts steps and must be >= bptt_len ({bptt_len})")
+        if not reconstruction_coef >= 0:
+            raise ValueError(f"reconstruction_coef must be >= 0 (0 turns the loss off), got {reconstruction_coef!r}")
+        if reconstruction_coef > 0 and (not reconstruction_lags or max(reconstruction_lags) >= bptt_len):
+            raise ValueError(
+                f"reconstruction_lags {reconstruction_lags!r} must be non-empty and each < bptt_len ({bptt_len}): "
+                "training sequences hold bptt_len steps"
+            )
         if batch_size % bptt_len:
             warnings.warn(
                 f"batch_size {batch_size} is not a multiple of bptt_len {bptt_len}: minibatches hold "
@@ -145,6 +157,8 @@ class MemoryPPO(OnPolicyAlgorithm):
         self.target_kl = target_kl
         self.bptt_len = bptt_len
         self.check_finite = check_finite
+        self.reconstruction_coef = float(reconstruction_coef)
+        self.reconstruction_lags = tuple(reconstruction_lags)
         self._last_state: TensorDict | None = None
         self.initial_ratio_error: float | None = None
         if _init_setup_model:
@@ -153,8 +167,9 @@ class MemoryPPO(OnPolicyAlgorithm):
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
+        lags = self.reconstruction_lags if self.reconstruction_coef > 0 else ()
         self.policy = self.policy_class(
-            self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
+            self.observation_space, self.action_space, self.lr_schedule, reconstruction_lags=lags, **self.policy_kwargs
         )
         self.policy = self.policy.to(self.device)
         self.rollout_buffer = RecurrentRolloutBuffer(
@@ -250,12 +265,13 @@ class MemoryPPO(OnPolicyAlgorithm):
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
         sequences_per_batch = max(1, self.batch_size // self.bptt_len)
         entropy_losses, pg_losses, value_losses, clip_fractions, approx_kls = [], [], [], [], []
+        reconstruction_losses = []
         self.initial_ratio_error = None
         continue_training = True
         loss = torch.zeros(())
         for epoch in range(self.n_epochs):
             for batch in self.rollout_buffer.sequences(sequences_per_batch):
-                values, log_prob, entropy = self.policy.evaluate_sequences(
+                values, log_prob, entropy, features = self.policy.evaluate_sequences(
                     batch.observations, batch.actions, batch.state, batch.episode_starts
                 )
                 mask = batch.mask
@@ -276,6 +292,12 @@ class MemoryPPO(OnPolicyAlgorithm):
                 value_loss = masked_mean(F.mse_loss(batch.returns, values, reduction="none"), mask)
                 entropy_loss = -masked_mean(entropy if entropy is not None else -log_prob, mask)
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                if self.reconstruction_coef > 0:
+                    reconstruction_loss = self.policy.reconstruction_loss(
+                        batch.observations, features, batch.episode_starts, mask
+                    )
+                    loss = loss + self.reconstruction_coef * reconstruction_loss
+                    reconstruction_losses.append(reconstruction_loss.item())
                 with torch.no_grad():
                     approx_kl = masked_mean((ratio - 1) - log_ratio, mask).item()
                 pg_losses.append(policy_loss.item())
@@ -305,6 +327,8 @@ class MemoryPPO(OnPolicyAlgorithm):
         self.logger.record("train/approx_kl", np.mean(approx_kls))
         self.logger.record("train/clip_fraction", np.mean(clip_fractions))
         self.logger.record("train/loss", loss.item())
+        if reconstruction_losses:
+            self.logger.record("train/reconstruction_loss", np.mean(reconstruction_losses))
         self.logger.record("train/explained_variance", explained_var)
         self.logger.record("train/initial_ratio_error", self.initial_ratio_error)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
