@@ -85,6 +85,21 @@ def test_same_seed_logs_identical_losses(tmp_path: Path) -> None:
     assert losses(first) != losses(other)
 
 
+def test_reconstruction_options_reach_the_algorithm(tmp_path: Path) -> None:
+    run = train(
+        tmp_path / "run",
+        "total_timesteps=256",
+        "eval_freq=0",
+        "model=gru",
+        "algo.reconstruction_coef=0.5",
+        "algo.reconstruction_lags=[1,3]",
+    )
+    rows = [row for row in progress(run) if row["train/loss"]]
+    assert rows and all(float(row["train/reconstruction_loss"]) > 0 for row in rows)
+    config = OmegaConf.load(run.config)
+    assert config.algo.reconstruction_coef == 0.5 and list(config.algo.reconstruction_lags) == [1, 3]
+
+
 def test_resume_continues_step_counter(tmp_path: Path) -> None:
     run = train(tmp_path / "run", "total_timesteps=1024", "model=gru", "algo.normalize=true")
     # a run stopped after its last checkpoint: no final model, no summary
