@@ -332,6 +332,8 @@ def test_reconstruction_off_builds_no_head_and_bad_lags_raise():
         _model(env, "mlp", reconstruction_coef=1.0, reconstruction_lags=(8,))
     with pytest.raises(ValueError, match="reconstruction_coef"):
         _model(env, "mlp", reconstruction_coef=-1.0)
+    with pytest.raises(ValueError, match="not in policy_kwargs"):
+        _model(env, "mlp", policy_kwargs={"reconstruction_lags": (1,)})
     with pytest.raises(ValueError, match="distinct ints"):
         _model(env, "mlp", reconstruction_coef=1.0, reconstruction_lags=(2, 2))
     image = spaces.Box(0, 255, (3, 64, 64), np.uint8)

@@ -122,6 +122,8 @@ class MemoryPPO(OnPolicyAlgorithm):
                 f"reconstruction_lags {reconstruction_lags!r} must be non-empty and each < bptt_len ({bptt_len}): "
                 "training sequences hold bptt_len steps"
             )
+        if "reconstruction_lags" in (policy_kwargs or {}):
+            raise ValueError("pass reconstruction_lags to MemoryPPO itself, not in policy_kwargs")
         if batch_size % bptt_len:
             warnings.warn(
                 f"batch_size {batch_size} is not a multiple of bptt_len {bptt_len}: minibatches hold "
