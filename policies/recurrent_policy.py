@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -39,6 +40,18 @@ def _observation_dim(space: gym.Space) -> int:
     return sum(get_flattened_obs_dim(subspace) for subspace in subspaces)
 
 
+def check_lags(lags: Sequence[int]) -> tuple[int, ...]:
+    """``lags`` as a tuple of ints, or ``ValueError`` unless they are distinct integers >= 1."""
+    message = f"reconstruction_lags must be distinct ints >= 1, got {lags!r}"
+    try:
+        values = tuple(operator.index(lag) for lag in lags if not isinstance(lag, bool))
+    except TypeError:
+        raise ValueError(message) from None
+    if len(values) != len(lags) or min(values, default=1) < 1 or len(set(values)) < len(values):
+        raise ValueError(message)
+    return values
+
+
 class RecurrentActorCriticPolicy(ActorCriticPolicy):
     """SB3 ``ActorCriticPolicy`` over a :class:`RecurrentFeaturesExtractor`.
 
@@ -48,8 +61,8 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
 
     Args:
         reconstruction_lags: with lags ``(l_1, ...)``, a linear ``reconstruction_head`` decodes from the actor's
-            features at step ``t`` the observations of steps ``t - l_1, ...`` of the same episode
-            (:meth:`reconstruction_loss`, an auxiliary loss that asks the memory to keep what it saw).
+            features at step ``t`` the observations of steps ``t - l_1, ...`` of the same episode and stored
+            sequence (:meth:`reconstruction_loss`, an auxiliary loss that asks the memory to keep what it saw).
     """
 
     def __init__(
@@ -61,11 +74,7 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         reconstruction_lags: Sequence[int] = (),
         **kwargs: Any,
     ) -> None:
-        lags = tuple(reconstruction_lags)
-        positive = all(isinstance(lag, int) and not isinstance(lag, bool) and lag >= 1 for lag in lags)
-        if not positive or len(set(lags)) < len(lags):
-            raise ValueError(f"reconstruction_lags must be distinct ints >= 1, got {reconstruction_lags!r}")
-        self.reconstruction_lags = lags
+        self.reconstruction_lags = check_lags(reconstruction_lags)
         if not (
             isinstance(features_extractor_class, type)
             and issubclass(features_extractor_class, RecurrentFeaturesExtractor)
@@ -173,7 +182,8 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
 
         ``obs`` ``(T, B, ...)`` as stored, ``features`` ``(T, B, F)``, ``episode_starts`` and ``mask`` ``(T, B)``.
         Step ``t`` is scored for lag ``l`` only where ``t - l`` lies in the same sequence and episode and both
-        steps are valid; each lag's error is averaged over its scored steps and the lags are averaged.
+        steps are valid; each lag's error is averaged over its scored steps, and the lags that score any step
+        are averaged (0 when none does).
         """
         if self.reconstruction_head is None:
             raise RuntimeError("this policy was built without reconstruction_lags: it has no reconstruction head")
@@ -187,8 +197,10 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
             if lag >= steps:
                 continue
             valid = (episode[lag:] == episode[:-lag]) & (mask[lag:] > 0) & (mask[:-lag] > 0)
+            if not valid.any():
+                continue
             error = (decoded[lag:, :, k] - target[:-lag]).pow(2).mean(-1)
-            losses.append(torch.where(valid, error, 0.0).sum() / valid.sum().clamp_min(1))
+            losses.append(torch.where(valid, error, 0.0).sum() / valid.sum())
         return torch.stack(losses).mean() if losses else features.new_zeros(())
 
     def predict_values(  # type: ignore[override]

@@ -293,6 +293,39 @@ def test_reconstruction_loss_scores_earlier_observations_of_the_same_episode_onl
     features_changed = features.clone()
     features_changed[8:, 3] = 1e6  # padded steps are never scored
     torch.testing.assert_close(policy.reconstruction_loss(obs, features_changed, starts, mask), loss)
+    # a lag that scores no step leaves the others' mean as it is
+    short = starts.clone()
+    short[::2] = 1
+    alone = policy.reconstruction_loss(obs, features, short, mask)
+    torch.testing.assert_close(alone, _reconstruction_reference(policy, obs, features, short, mask))
+    decoded = policy.reconstruction_head(features).view(10, 4, 3, 3)
+    error = (decoded[1:, :, 0] - obs[:-1]).pow(2).mean(-1)
+    pairs = (short[1:] == 0) & (mask[1:] > 0)
+    torch.testing.assert_close(alone, error[pairs].mean())
+
+
+def test_reconstruction_head_decodes_dict_and_discrete_observations():
+    space = spaces.Dict(
+        {"pos": spaces.Box(-1, 1, (2,)), "cue": spaces.Discrete(4), "bits": spaces.MultiDiscrete([2, 3])}
+    )
+    policy = RecurrentActorCriticPolicy(
+        space, spaces.Discrete(2), lambda _: 1e-3, features_extractor_class=EXTRACTORS["mlp"], reconstruction_lags=(1,)
+    )
+    assert policy.reconstruction_head.out_features == 2 + 4 + 5
+    obs = {
+        "pos": torch.tensor([[[0.5, -0.5]], [[0.0, 0.0]]]),
+        "cue": torch.tensor([[2.0], [0.0]]),
+        "bits": torch.tensor([[[1.0, 2.0]], [[0.0, 0.0]]]),
+    }
+    features = torch.zeros(2, 1, policy.features_dim)
+    with torch.no_grad():
+        policy.reconstruction_head.weight.zero_()
+        policy.reconstruction_head.bias.copy_(torch.tensor([0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0.5]))
+    # keys in sorted order: bits (one-hot 0,1 | 0,0,1), cue (one-hot 0,0,1,0), pos; step 1 decodes step 0
+    target = torch.tensor([0, 1, 0, 0, 1, 0, 0, 1, 0, 0.5, -0.5])
+    expected = (policy.reconstruction_head.bias - target).pow(2).mean()
+    loss = policy.reconstruction_loss(obs, features, torch.tensor([[1.0], [0.0]]), torch.ones(2, 1))
+    torch.testing.assert_close(loss, expected)
 
 
 def test_reconstruction_loss_trains_the_extractor_and_is_logged(tmp_path):
@@ -311,6 +344,7 @@ def test_reconstruction_loss_trains_the_extractor_and_is_logged(tmp_path):
     model.learn(64, callback=Spy())
     assert not torch.equal(head, model.policy.reconstruction_head.weight)
     assert any("train/reconstruction_loss" in values for values in written)
+    model.policy.zero_grad(set_to_none=True)
     batch = next(model.rollout_buffer.sequences(2))
     out = model.policy.evaluate_sequences(batch.observations, batch.actions, batch.state, batch.episode_starts)
     model.policy.reconstruction_loss(batch.observations, out.features, batch.episode_starts, batch.mask).backward()
@@ -336,6 +370,12 @@ def test_reconstruction_off_builds_no_head_and_bad_lags_raise():
         _model(env, "mlp", policy_kwargs={"reconstruction_lags": (1,)})
     with pytest.raises(ValueError, match="distinct ints"):
         _model(env, "mlp", reconstruction_coef=1.0, reconstruction_lags=(2, 2))
+    with pytest.raises(ValueError, match="distinct ints"):
+        _model(env, "mlp", reconstruction_coef=1.0, reconstruction_lags=(1.5,))
+    assert _model(env, "mlp", reconstruction_coef=1.0, reconstruction_lags=np.array([1, 3])).reconstruction_lags == (
+        1,
+        3,
+    )
     image = spaces.Box(0, 255, (3, 64, 64), np.uint8)
     with pytest.raises(ValueError, match="vector observations"):
         RecurrentActorCriticPolicy(

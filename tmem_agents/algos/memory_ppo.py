@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from tensordict import TensorDict
 
 from tmem_agents.algos.buffer import RecurrentRolloutBuffer
-from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy
+from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy, check_lags
 
 
 class NonFiniteError(ValueError):
@@ -117,6 +117,7 @@ class MemoryPPO(OnPolicyAlgorithm):
             raise ValueError(f"batch_size ({batch_size}) counts steps and must be >= bptt_len ({bptt_len})")
         if not reconstruction_coef >= 0:
             raise ValueError(f"reconstruction_coef must be >= 0 (0 turns the loss off), got {reconstruction_coef!r}")
+        reconstruction_lags = check_lags(reconstruction_lags)
         if reconstruction_coef > 0 and (not reconstruction_lags or max(reconstruction_lags) >= bptt_len):
             raise ValueError(
                 f"reconstruction_lags {reconstruction_lags!r} must be non-empty and each < bptt_len ({bptt_len}): "
@@ -160,7 +161,7 @@ class MemoryPPO(OnPolicyAlgorithm):
         self.bptt_len = bptt_len
         self.check_finite = check_finite
         self.reconstruction_coef = float(reconstruction_coef)
-        self.reconstruction_lags = tuple(reconstruction_lags)
+        self.reconstruction_lags = reconstruction_lags
         self._last_state: TensorDict | None = None
         self.initial_ratio_error: float | None = None
         if _init_setup_model:
