@@ -86,14 +86,8 @@ def test_same_seed_logs_identical_losses(tmp_path: Path) -> None:
 
 
 def test_reconstruction_options_reach_the_algorithm(tmp_path: Path) -> None:
-    run = train(
-        tmp_path / "run",
-        "total_timesteps=256",
-        "eval_freq=0",
-        "model=gru",
-        "algo.reconstruction_coef=0.5",
-        "algo.reconstruction_lags=[1,3]",
-    )
+    options = ["algo.reconstruction_coef=0.5", "algo.reconstruction_lags=[1,3]"]
+    run = train(tmp_path / "run", "total_timesteps=256", "eval_freq=0", "model=gru", *options)
     rows = [row for row in progress(run) if row["train/loss"]]
     assert rows and all(float(row["train/reconstruction_loss"]) > 0 for row in rows)
     config = OmegaConf.load(run.config)
