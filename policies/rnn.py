@@ -25,7 +25,7 @@ class RNNExtractor(RecurrentFeaturesExtractor):
         super().__init__(observation_space, features_dim)
         self.encoder = base_encoder(observation_space)
         rnn = nn.LSTM if self.cell_type == "lstm" else nn.GRU
-        self.rnn = rnn(self.encoder.features_dim, features_dim)
+        self.rnn = rnn(int(self.encoder.features_dim), features_dim)  # SB3 sums dict sizes as numpy ints
         self.keys = ("h", "c") if self.cell_type == "lstm" else ("h",)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> TensorDict:

@@ -11,7 +11,14 @@ from tmem_agents.policies.base import map_obs
 
 VECTOR = spaces.Box(-1, 1, (6,), np.float32)
 IMAGE = spaces.Box(0, 255, (3, 40, 44), np.uint8)
-DICT = spaces.Dict({"pos": spaces.Box(-1, 1, (3,), np.float32), "cue": spaces.Discrete(4), "img": IMAGE})
+DICT = spaces.Dict(
+    {
+        "pos": spaces.Box(-1, 1, (3,), np.float32),
+        "cue": spaces.Discrete(4),
+        "bits": spaces.MultiDiscrete([2, 3]),
+        "img": IMAGE,
+    }
+)
 KWARGS = {"tensor_memory": {"features_dim": 12, "token_dim": 8, "memory": {"grid": (3, 3, 3), "channels": 2}}}
 
 
@@ -58,7 +65,8 @@ def test_tensor_memory_tokenizes_images_and_dicts_and_uses_its_memory():
         assert not torch.allclose(fresh, carried), "features must depend on what the memory holds"
         reset, _ = extractor.step(obs, state, torch.ones(2))
         assert torch.allclose(reset, fresh, atol=1e-6)
-    assert TensorMemoryExtractor(DICT, **KWARGS["tensor_memory"]).tokenizer.num_tokens == 1 + 1 + 5 * 5
+    # tokens of group_size (4) dims: bits (one-hot 2 + 3) 2, cue 1, pos 1; 5 x 5 cells for the image
+    assert TensorMemoryExtractor(DICT, **KWARGS["tensor_memory"]).tokenizer.num_tokens == 2 + 1 + 1 + 5 * 5
 
 
 @pytest.mark.parametrize("name", list(EXTRACTORS))
