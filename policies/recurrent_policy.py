@@ -37,7 +37,7 @@ def _observation_dim(space: gym.Space) -> int:
                 f"observation reconstruction needs vector observations, got the image space {subspace}; "
                 "train image tasks with reconstruction_lags=() (algo.reconstruction_coef=0)"
             )
-    return sum(get_flattened_obs_dim(subspace) for subspace in subspaces)
+    return get_flattened_obs_dim(space)
 
 
 def check_lags(lags: Sequence[int]) -> tuple[int, ...]:
@@ -192,16 +192,16 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         target = torch.cat([flat[key] for key in sorted(flat)], dim=-1) if isinstance(flat, dict) else flat
         decoded = self.reconstruction_head(features).view(steps, batch, len(self.reconstruction_lags), -1)
         episode = episode_starts.cumsum(0)
-        losses = []
+        sums, counts = [], []
         for k, lag in enumerate(self.reconstruction_lags):
-            if lag >= steps:
-                continue
             valid = (episode[lag:] == episode[:-lag]) & (mask[lag:] > 0) & (mask[:-lag] > 0)
-            if not valid.any():
-                continue
             error = (decoded[lag:, :, k] - target[:-lag]).pow(2).mean(-1)
-            losses.append(torch.where(valid, error, 0.0).sum() / valid.sum())
-        return torch.stack(losses).mean() if losses else features.new_zeros(())
+            sums.append(torch.where(valid, error, 0.0).sum())
+            counts.append(valid.sum())
+        counts = torch.stack(counts)
+        scored = counts > 0
+        per_lag = torch.stack(sums) / counts.clamp_min(1)
+        return torch.where(scored, per_lag, 0.0).sum() / scored.sum().clamp_min(1)
 
     def predict_values(  # type: ignore[override]
         self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor
