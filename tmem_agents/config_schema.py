@@ -220,6 +220,22 @@ def _check_memory(memory: DictConfig) -> None:
         raise ConfigError(f"model.memory: {error}") from None
 
 
+def _check_reconstruction(algo: DictConfig) -> None:
+    """The reconstruction loss's lags suit ``algo`` (:func:`~tmem_agents.algos.memory_ppo.check_reconstruction`)."""
+    from tmem_agents.algos.memory_ppo import check_reconstruction
+
+    lags = list(algo.reconstruction_lags)
+    try:
+        check_reconstruction(algo.reconstruction_coef, lags, algo.bptt_len)
+    except ValueError:
+        _fail(
+            "algo.reconstruction_lags",
+            lags,
+            f"must be distinct steps back, each in [1, algo.bptt_len) = [1, {algo.bptt_len}), when "
+            "algo.reconstruction_coef > 0 (distinct ints >= 1 always)",
+        )
+
+
 def _check_device(key: str, device: str) -> None:
     import torch
 
@@ -276,16 +292,7 @@ def validate_train(cfg: DictConfig) -> None:
             _fail(f"algo.{name}", algo[name], "must lie in [0, 1]")
     if algo.batch_size < algo.bptt_len:
         _fail("algo.batch_size", algo.batch_size, f"counts steps and must be >= algo.bptt_len ({algo.bptt_len})")
-    lags = list(algo.reconstruction_lags)
-    if algo.reconstruction_coef > 0 and (
-        not lags or len(set(lags)) < len(lags) or not all(1 <= lag < algo.bptt_len for lag in lags)
-    ):
-        _fail(
-            "algo.reconstruction_lags",
-            lags,
-            f"must be distinct steps back, each in [1, algo.bptt_len) = [1, {algo.bptt_len}), when "
-            "algo.reconstruction_coef > 0",
-        )
+    _check_reconstruction(algo)
     model = cfg.model
     if model.name not in EXTRACTORS:
         _fail("model.name", model.name, f"is not a model; available: {', '.join(sorted(EXTRACTORS))}")

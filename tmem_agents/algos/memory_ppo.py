@@ -8,6 +8,7 @@ minibatch, zeroing the state of an env at every step where its episode began.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,6 +44,20 @@ def check_finite(what: str, value: np.ndarray | dict[str, np.ndarray], timestep:
             f"non-finite {label} from env {env} at timestep {timestep}: {array[env].ravel()[:8]}... "
             "Fix the env or wrap it (e.g. VecNormalize, clipping); pass check_finite=False to skip this check"
         )
+
+
+def check_reconstruction(coef: float, lags: Sequence[int], bptt_len: int) -> tuple[int, ...]:
+    """The reconstruction loss's lags as a tuple; ``ValueError`` unless ``coef >= 0``, the lags are distinct ints
+    >= 1 and, with ``coef > 0``, there is one at least and each is ``< bptt_len``."""
+    if not coef >= 0:
+        raise ValueError(f"reconstruction_coef must be >= 0 (0 turns the loss off), got {coef!r}")
+    lags = check_lags(lags)
+    if coef > 0 and (not lags or max(lags) >= bptt_len):
+        raise ValueError(
+            f"reconstruction_lags {lags!r} must be non-empty and each < bptt_len ({bptt_len}): "
+            "training sequences hold bptt_len steps"
+        )
+    return lags
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -115,14 +130,7 @@ class MemoryPPO(OnPolicyAlgorithm):
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
         if batch_size < bptt_len:
             raise ValueError(f"batch_size ({batch_size}) counts steps and must be >= bptt_len ({bptt_len})")
-        if not reconstruction_coef >= 0:
-            raise ValueError(f"reconstruction_coef must be >= 0 (0 turns the loss off), got {reconstruction_coef!r}")
-        reconstruction_lags = check_lags(reconstruction_lags)
-        if reconstruction_coef > 0 and (not reconstruction_lags or max(reconstruction_lags) >= bptt_len):
-            raise ValueError(
-                f"reconstruction_lags {reconstruction_lags!r} must be non-empty and each < bptt_len ({bptt_len}): "
-                "training sequences hold bptt_len steps"
-            )
+        reconstruction_lags = check_reconstruction(reconstruction_coef, reconstruction_lags, bptt_len)
         if "reconstruction_lags" in (policy_kwargs or {}):
             raise ValueError("pass reconstruction_lags to MemoryPPO itself, not in policy_kwargs")
         if batch_size % bptt_len:
