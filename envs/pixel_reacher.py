@@ -1,4 +1,8 @@
-"""Pixel reacher: track a moving target in 64x64 frames while a moving bar hides it for stretches."""
+"""Pixel reachers: the Reacher-v5 arm seen from above in RGB frames, with the target hidden for stretches.
+
+* :class:`PixelReacherEnv`: track a moving target while a sweeping bar hides it;
+* :class:`PixelMemoryReacherEnv`: reach a still target shown in the first frames only, with the arm's joints.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +27,9 @@ class PixelReacherEnv(ReacherEnv):
     """The Reacher-v5 arm chasing a target that circles the base, seen from above in RGB frames.
 
     Each episode the target orbits the arm's base at a radius in [0.08, 0.19] with an angular
-    speed of 0.5 to 1.5 rad/s (either direction). A black vertical bar ``occluder_width`` pixels
-    wide sweeps left and right at ``occluder_speed`` pixels per step, bouncing off the borders, and
-    hides everything under it: the target, and at times the arm.
+    speed drawn from ``angular_speed`` (0.5 to 1.5 rad/s, either direction). A black vertical bar
+    ``occluder_width`` pixels wide (0: no bar) sweeps left and right at ``occluder_speed`` pixels per
+    step, bouncing off the borders, and hides everything under it: the target, and at times the arm.
 
     Observation: Box(0, 255, (size, size, 3), uint8), rendered offscreen (no shadows, no
     multisampling). Action as Reacher-v5. Reward: ``-distance - 0.1 |a|^2`` per step. The episode is
@@ -40,6 +44,7 @@ class PixelReacherEnv(ReacherEnv):
         max_steps: int = 100,
         occluder_width: int = 24,
         occluder_speed: tuple[float, float] = (0.5, 1.0),
+        angular_speed: tuple[float, float] = ANGULAR_SPEED,
         success_distance: float = SUCCESS_DISTANCE,
         **kwargs: Any,
     ) -> None:
@@ -49,10 +54,17 @@ class PixelReacherEnv(ReacherEnv):
             raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
         if not success_distance > 0:
             raise ValueError(f"success_distance must be > 0, got {success_distance!r}")
+        if len(angular_speed) != 2 or not 0 <= angular_speed[0] <= angular_speed[1]:
+            raise ValueError(f"angular_speed must be (low, high) rad/s with 0 <= low <= high, got {angular_speed!r}")
         self.size, self.max_steps = int(size), int(max_steps)
         self.success_distance = float(success_distance)
-        self.occluders = MovingOccluders(
-            self.size, self.size, n=1, size=(self.size, occluder_width), speed=occluder_speed, shape="bar"
+        self.angular_speed = (float(angular_speed[0]), float(angular_speed[1]))
+        self.occluders = (
+            MovingOccluders(
+                self.size, self.size, n=1, size=(self.size, occluder_width), speed=occluder_speed, shape="bar"
+            )
+            if occluder_width != 0
+            else None
         )
         self.orbit = np.zeros(3)
         self.target_visible = True
@@ -101,12 +113,17 @@ class PixelReacherEnv(ReacherEnv):
         disc = (rows - row) ** 2 + (cols - col) ** 2 <= reach**2
         return bool(np.all(covered[disc]))
 
-    def _get_obs(self) -> np.ndarray:
+    def _render(self) -> np.ndarray:
+        """The frame from above, ``(size, size, 3)`` uint8, before any occluder."""
         self._renderer.update_scene(self.data, camera=self._camera)
-        frame = self._renderer.render()
-        covered = self.occluders.mask()
-        frame[covered] = 0
-        self.target_visible = not self._target_hidden(covered)
+        return self._renderer.render()
+
+    def _get_obs(self) -> np.ndarray:
+        frame = self._render()
+        if self.occluders is not None:
+            covered = self.occluders.mask()
+            frame[covered] = 0
+            self.target_visible = not self._target_hidden(covered)
         return frame
 
     def reset_model(self) -> np.ndarray:
@@ -116,11 +133,12 @@ class PixelReacherEnv(ReacherEnv):
         qvel = self.init_qvel + self.np_random.uniform(low=-0.005, high=0.005, size=self.model.nv)
         radius = self.np_random.uniform(*ORBIT_RADIUS)
         angle = self.np_random.uniform(0.0, 2 * np.pi)
-        speed = self.np_random.uniform(*ANGULAR_SPEED) * self.np_random.choice([-1.0, 1.0])
+        speed = self.np_random.uniform(*self.angular_speed) * self.np_random.choice([-1.0, 1.0])
         self.orbit = np.array([radius, angle, speed])
         self.set_state(qpos, qvel)
         self._place_target()
-        self.occluders.reset(self.np_random)
+        if self.occluders is not None:
+            self.occluders.reset(self.np_random)
         return self._get_obs()
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -130,7 +148,8 @@ class PixelReacherEnv(ReacherEnv):
         self._t += 1
         self.orbit[1] += self.orbit[2] * self.dt
         self._place_target()
-        self.occluders.step()
+        if self.occluders is not None:
+            self.occluders.step()
         obs = self._get_obs()
         distance = self.distance()
         reward_dist = -distance * self._reward_dist_weight
@@ -153,3 +172,50 @@ class PixelReacherEnv(ReacherEnv):
         """Free the offscreen renderer, then the env."""
         self._renderer.close()
         super().close()
+
+
+class PixelMemoryReacherEnv(PixelReacherEnv):
+    """The pixel reacher as a memory task: a still target, drawn in the first frames only, and the arm's joints.
+
+    The target stands still at a radius in [0.08, 0.19] from the base and is drawn in the first
+    ``visible_steps`` (5) frames only; after that it is no longer rendered, as if covered by a lid the
+    colour of the floor. The arm is held (zero torque, whatever the action) for the first
+    ``hold_steps`` (15) steps, so a policy must carry where the target was, read from pixels, until it
+    may move. There is no bar. The episode is truncated after ``max_steps`` steps (60).
+
+    Observation: Dict with ``pixels``, Box(0, 255, (size, size, 3), uint8), and ``proprio``, Box (7,)
+    float32: cos and sin of the two joint angles, the joint velocities, and a flag that is 1 once the
+    arm may move. The target's position is in the pixels only. Reward and ``info`` as
+    :class:`PixelReacherEnv`.
+    """
+
+    def __init__(self, visible_steps: int = 5, hold_steps: int = 15, max_steps: int = 60, **kwargs: Any) -> None:
+        if not isinstance(visible_steps, (int, np.integer)) or visible_steps < 0:
+            raise ValueError(f"visible_steps must be an int >= 0, got {visible_steps!r}")
+        if not isinstance(hold_steps, (int, np.integer)) or hold_steps < 0:
+            raise ValueError(f"hold_steps must be an int >= 0, got {hold_steps!r}")
+        if not isinstance(max_steps, (int, np.integer)) or max_steps <= hold_steps:
+            raise ValueError(f"max_steps must be an int > hold_steps ({hold_steps}), got {max_steps!r}")
+        self.visible_steps, self.hold_steps = int(visible_steps), int(hold_steps)
+        super().__init__(max_steps=max_steps, occluder_width=0, angular_speed=(0.0, 0.0), **kwargs)
+        self._target_geom = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, "target")
+        self.observation_space = spaces.Dict(
+            {
+                "pixels": self.observation_space,
+                "proprio": spaces.Box(-np.inf, np.inf, shape=(7,), dtype=np.float32),
+            }
+        )
+
+    def _get_obs(self) -> dict[str, np.ndarray]:
+        self.target_visible = self._t < self.visible_steps
+        self.model.geom_rgba[self._target_geom, 3] = float(self.target_visible)
+        qpos, qvel = self.data.qpos[:2], self.data.qvel[:2]
+        arm_free = float(self._t >= self.hold_steps)
+        proprio = np.concatenate([np.cos(qpos), np.sin(qpos), qvel, [arm_free]]).astype(np.float32)
+        return {"pixels": self._render(), "proprio": proprio}
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Step the arm (held during the first ``hold_steps``) and render the frame."""
+        if self._t < self.hold_steps:
+            action = np.zeros(self.action_space.shape, dtype=self.action_space.dtype)
+        return super().step(action)

@@ -33,6 +33,7 @@ TASKS: tuple[Task, ...] = (
     ),
     Task("tmem/MultiTargetReacher-v0", "tmem_agents.envs.multi_target_reacher:MultiTargetReacherEnv", 50),
     Task("tmem/PixelReacher-v0", "tmem_agents.envs.pixel_reacher:PixelReacherEnv", 100),
+    Task("tmem/PixelMemoryReacher-v0", "tmem_agents.envs.pixel_reacher:PixelMemoryReacherEnv", 60),
 )
 
 TASK_IDS: tuple[str, ...] = tuple(task.id for task in TASKS)

@@ -44,6 +44,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "memory_reacher_hold": {"algo": "ppo_mujoco", "timesteps": 300_000},
         "multi_target_reacher": {"algo": "ppo_mujoco", "timesteps": 300_000},
         "pixel_reacher": {"algo": "ppo_pixel", "timesteps": 100_000, "pixels": True},
+        "pixel_memory_reacher": {"algo": "ppo_pixel", "timesteps": 300_000, "pixels": True},
     },
 }
 FIELDS = (

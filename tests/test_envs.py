@@ -14,21 +14,25 @@ from tmem_agents.envs import TASK_IDS, register_envs
 from tmem_agents.envs.cue_recall import CueRecallEnv
 from tmem_agents.envs.memory_reacher import MemoryReacherEnv
 from tmem_agents.envs.multi_target_reacher import MultiTargetReacherEnv
-from tmem_agents.envs.pixel_reacher import PixelReacherEnv
+from tmem_agents.envs.pixel_reacher import PixelMemoryReacherEnv, PixelReacherEnv
 from tmem_agents.envs.spatial_recall import SpatialRecallEnv
 
 
 def rollout(env: gym.Env, steps: int, seed: int) -> list:
-    """Observations, rewards and flags of ``steps`` seeded random steps (resetting as needed)."""
+    """Observations (each entry of a dict one item), rewards and flags of ``steps`` seeded random steps."""
+
+    def entries(obs: np.ndarray | dict) -> list:
+        return list(obs.values()) if isinstance(obs, dict) else [obs]
+
     env.action_space.seed(seed)
     obs, _ = env.reset(seed=seed)
-    trace = [obs]
+    trace = entries(obs)
     for _ in range(steps):
         obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-        trace += [obs, reward, terminated, truncated]
+        trace += [*entries(obs), reward, terminated, truncated]
         if terminated or truncated:
             obs, _ = env.reset()
-            trace.append(obs)
+            trace += entries(obs)
     return trace
 
 
@@ -123,11 +127,22 @@ def test_spatial_recall_timeline():
         (lambda: MultiTargetReacherEnv(n_targets=0), "n_targets"),
         (lambda: MultiTargetReacherEnv(show_steps=30, delay=30), "max_steps"),
         (lambda: PixelReacherEnv(size=8), "size"),
+        (lambda: PixelReacherEnv(angular_speed=(1.0, 0.5)), "angular_speed"),
+        (lambda: PixelMemoryReacherEnv(visible_steps=-1), "visible_steps"),
+        (lambda: PixelMemoryReacherEnv(hold_steps=-1), "hold_steps"),
+        (lambda: PixelMemoryReacherEnv(hold_steps=60, max_steps=60), "max_steps"),
     ],
 )
 def test_argument_validation(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def _red_near(frame: np.ndarray, base: PixelReacherEnv) -> bool:
+    """Whether any clearly red pixel lies within 4 pixels of the target's position in ``frame``."""
+    red = (frame[..., 0].astype(int) - frame[..., 1] > 60) & (frame[..., 0].astype(int) - frame[..., 2] > 60)
+    row, col = np.round(base.to_pixel(base.target_position())).astype(int)
+    return bool(red[max(row - 4, 0) : row + 5, max(col - 4, 0) : col + 5].any())
 
 
 def test_locomotion_velocities_always_zero():
@@ -190,17 +205,58 @@ def test_pixel_reacher_frames_and_occlusion():
     hidden, seen = 0, []
     for _ in range(300):
         obs, _, terminated, truncated, info = env.step(env.action_space.sample())
-        red = (obs[..., 0].astype(int) - obs[..., 1] > 60) & (obs[..., 0].astype(int) - obs[..., 2] > 60)
-        row, col = np.round(base.to_pixel(base.target_position())).astype(int)
-        near = red[max(row - 4, 0) : row + 5, max(col - 4, 0) : col + 5]
+        near = _red_near(obs, base)
         if info["target_visible"]:
-            seen.append(near.any())
+            seen.append(near)
         else:
             hidden += 1
-            assert not near.any()
+            assert not near
         assert np.all(obs[base.occluders.mask()] == 0)
         if terminated or truncated:
             env.reset()
     assert 30 < hidden < 200
     # The arm may lie over the target, and a sliver at the bar's edge may round away.
     assert np.mean(seen) > 0.9
+
+
+def test_pixel_reacher_without_bar():
+    env = PixelReacherEnv(occluder_width=0, angular_speed=(0.0, 0.0))
+    obs, _ = env.reset(seed=0)
+    start = env.target_position()
+    for _ in range(20):
+        obs, _, _, _, info = env.step(env.action_space.sample())
+        assert info["target_visible"] and _red_near(obs, env)
+    assert np.allclose(env.target_position(), start)
+    env.close()
+
+
+def test_pixel_memory_reacher_shows_target_then_hides_it():
+    env = gym.make("tmem/PixelMemoryReacher-v0")
+    base = env.unwrapped
+    obs, _ = env.reset(seed=3)
+    assert env.observation_space.contains(obs)
+    assert obs["pixels"].shape == (64, 64, 3) and obs["proprio"].shape == (7,)
+    target = base.target_position()
+    for t in range(60):
+        qpos, qvel = base.data.qpos[:2], base.data.qvel[:2]
+        expected = np.concatenate([np.cos(qpos), np.sin(qpos), qvel, [float(t >= 15)]])
+        assert np.allclose(obs["proprio"], expected, atol=1e-5)
+        assert _red_near(obs["pixels"], base) == (t < 5)
+        obs, _, terminated, truncated, info = env.step(np.ones(2))
+        assert info["target_visible"] == (t + 1 < 5) and not terminated
+        assert np.allclose(base.target_position(), target)
+    assert truncated and info["final_distance"] == info["distance"]
+
+
+def test_pixel_memory_reacher_holds_the_arm():
+    """During the hold, every action gives the same frames and readings; after it, actions move the arm."""
+    runs = []
+    for action in (np.ones(2), -np.ones(2)):
+        env = PixelMemoryReacherEnv()
+        env.reset(seed=1)
+        runs.append([env.step(action)[0] for _ in range(16)])
+        env.close()
+    for t in range(15):
+        assert np.array_equal(runs[0][t]["pixels"], runs[1][t]["pixels"])
+        assert np.array_equal(runs[0][t]["proprio"], runs[1][t]["proprio"])
+    assert not np.allclose(runs[0][15]["proprio"][4:6], runs[1][15]["proprio"][4:6])

@@ -68,6 +68,15 @@ def test_pixel_reacher_oracle_beats_memoryless():
     assert oracle["final_distance"] < memoryless["final_distance"]
 
 
+def test_pixel_memory_reacher_needs_memory():
+    env = gym.make("tmem/PixelMemoryReacher-v0")
+    oracle = scripted.evaluate(env, scripted.PixelReacherPolicy(env, None, kp=0.7), 12)
+    memoryless = scripted.evaluate(env, scripted.PixelReacherPolicy(env, 1, kp=0.7), 12)
+    assert oracle["success_rate"] >= 0.9 and oracle["final_distance"] < 0.02
+    assert memoryless["success_rate"] <= 0.2 and memoryless["final_distance"] > 0.1
+    assert oracle["return"] > memoryless["return"]
+
+
 def test_memory_must_be_positive():
     with pytest.raises(ValueError, match="memory"):
         scripted.CueRecallPolicy(0)
