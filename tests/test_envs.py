@@ -10,8 +10,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import tmem_agents.envs
-from tmem_agents.envs import TASK_IDS, register_envs
+from tmem_agents.envs import TASK_IDS, register_envs, scripted
 from tmem_agents.envs.cue_recall import CueRecallEnv
+from tmem_agents.envs.frames import ORACLE_KP, frame_strip
 from tmem_agents.envs.memory_reacher import MemoryReacherEnv
 from tmem_agents.envs.multi_target_reacher import MultiTargetReacherEnv
 from tmem_agents.envs.pixel_reacher import PixelMemoryReacherEnv, PixelReacherEnv
@@ -260,3 +261,14 @@ def test_pixel_memory_reacher_holds_the_arm():
         assert np.array_equal(runs[0][t]["pixels"], runs[1][t]["pixels"])
         assert np.array_equal(runs[0][t]["proprio"], runs[1][t]["proprio"])
     assert not np.allclose(runs[0][15]["proprio"][4:6], runs[1][15]["proprio"][4:6])
+
+
+@pytest.mark.parametrize("task_id", sorted(ORACLE_KP))
+def test_frame_strip(task_id):
+    env = gym.make(task_id)
+    strip = frame_strip(env, scripted.PixelReacherPolicy(env, kp=ORACLE_KP[task_id]), frames=3, every=2, seed=1)
+    assert strip.shape == (128, 3 * 128 + 2 * 2, 3) and strip.dtype == np.uint8
+    first, _ = env.reset(seed=1)
+    first = first["pixels"] if isinstance(first, dict) else first
+    assert np.array_equal(strip[::2, :128:2], first)
+    assert np.all(strip[:, 128:130] == 255)
