@@ -35,11 +35,16 @@ EXTRACTOR_MEMORY_DEFAULTS: dict[str, Any] = {
     "read_norm": True,
     "write_from": "block_input",
 }
+POOLS = ("mean", "flatten")
 
 
 class TensorMemoryExtractor(RecurrentFeaturesExtractor):
-    """obs -> tokens ``(B, N, d)`` -> ``n_layers`` x [pre-norm block + shared Tensor Memory] -> mean pool ->
+    """obs -> tokens ``(B, N, d)`` -> ``n_layers`` x [pre-norm block + shared Tensor Memory] -> pool ->
     ``Linear -> ReLU`` -> features ``(B, features_dim)``.
+
+    ``pool="mean"`` averages the ``N`` tokens ``(B, d)``; ``pool="flatten"`` concatenates them ``(B, N * d)``,
+    so the head sees which token carries what, as SB3's Nature CNN sees which cell of its last feature map
+    does: a small object in an image, one patch token of 64, is otherwise averaged away.
 
     The whole observation is one chunk by default (``chunk_size = N``), so every block makes one memory
     step per env step. State: the memory's ``{"h", "c"}``, each ``(B, C, D, H, W)``.
@@ -58,10 +63,13 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         heads: int = 2,
         group_size: int = 4,
         memory: TensorMemoryConfig | dict[str, Any] | None = None,
+        pool: str = "mean",
     ) -> None:
         super().__init__(observation_space, features_dim)
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.tokenizer = make_tokenizer(observation_space, token_dim, group_size)
         if not isinstance(memory, TensorMemoryConfig):
             fields = {**EXTRACTOR_MEMORY_DEFAULTS, "chunk_size": self.tokenizer.num_tokens, **(memory or {})}
@@ -79,7 +87,9 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.memory = TensorMemory(memory, token_dim)
         self.layers = nn.ModuleList(MemoryBlock(PreNormBlock(token_dim, heads), self.memory) for _ in range(n_layers))
         self.norm = nn.LayerNorm(token_dim)
-        self.head = nn.Sequential(nn.Linear(token_dim, features_dim), nn.ReLU())
+        self.pool = pool
+        pooled = token_dim * (num_tokens if pool == "flatten" else 1)
+        self.head = nn.Sequential(nn.Linear(pooled, features_dim), nn.ReLU())
 
     def restore_initialisation(self) -> None:
         """Give the memory back its own coordinate, content, spread and strength heads
@@ -126,8 +136,9 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
                     y = y if layer is last else layer.post(y)
                 outputs.append(y)
             y = torch.stack(outputs)
-        y = last.post(y.flatten(0, 1))
-        return self.head(self.norm(y).mean(dim=1)).view(steps, batch, -1), state
+        y = self.norm(last.post(y.flatten(0, 1)))
+        pooled = y.flatten(1) if self.pool == "flatten" else y.mean(dim=1)
+        return self.head(pooled).view(steps, batch, -1), state
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
         features, state = self._unroll(self.tokenizer(obs).unsqueeze(0), state, None)

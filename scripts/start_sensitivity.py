@@ -41,6 +41,7 @@ from tmem_agents.config_schema import compose
 from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.envs.spatial_recall import SpatialRecallEnv
 from tmem_agents.policies.base import RecurrentFeaturesExtractor
+from tmem_agents.readout import ridge_r2
 from tmem_agents.run_folder import RunFolder
 from tmem_agents.train import build_model
 
@@ -104,18 +105,6 @@ def named_positions(obs: torch.Tensor) -> torch.Tensor:
     """The position ``(B, 2)`` of the object each episode's query names, from episodes ``(T, B, obs_dim)``."""
     named = obs[-1, :, 6:9].argmax(dim=1)
     return obs[0, :, :6].view(-1, 3, 2)[torch.arange(obs.shape[1]), named]
-
-
-def ridge_r2(features: torch.Tensor, target: torch.Tensor) -> float:
-    """Held-out R^2 (mean over the target's columns) of a ridge readout of ``target`` ``(B, k)`` from ``features``
-    ``(B, F)``: fitted on the first half of the rows, scored on the second."""
-    x = torch.cat([features.double(), torch.ones(len(features), 1, dtype=torch.float64)], dim=1)
-    y = target.double()
-    half = len(x) // 2
-    ridge = 1e-3 * torch.eye(x.shape[1], dtype=x.dtype)
-    weights = torch.linalg.solve(x[:half].T @ x[:half] + ridge, x[:half].T @ y[:half])
-    residual = y[half:] - x[half:] @ weights
-    return (1 - residual.pow(2).sum(0) / (y[half:] - y[half:].mean(0)).pow(2).sum(0)).mean().item()
 
 
 def readout_r2(extractor: RecurrentFeaturesExtractor, obs: torch.Tensor) -> float:

@@ -118,6 +118,23 @@ def test_unsupported_spaces_and_options_raise_clear_errors():
         TensorMemoryExtractor(VECTOR, memory={"chunk_size": 4})
     with pytest.raises(ValueError, match="channels"):
         TensorMemoryExtractor(VECTOR, memory={"channels": 0})
+    with pytest.raises(ValueError, match="pool"):
+        TensorMemoryExtractor(VECTOR, pool="max")
+
+
+def test_flatten_pool_concatenates_the_tokens():
+    torch.manual_seed(0)
+    flat = TensorMemoryExtractor(DICT, pool="flatten", **KWARGS["tensor_memory"])
+    assert flat.head[0].in_features == flat.tokenizer.num_tokens * 8
+    assert TensorMemoryExtractor(DICT, **KWARGS["tensor_memory"]).head[0].in_features == 8
+    obs = _obs(DICT, 4, 2)
+    starts = torch.zeros(4, 2)
+    starts[2, 1] = 1
+    features, _ = flat.sequence(obs, flat.initial_state(2), starts)
+    state = flat.initial_state(2)
+    for t in range(4):
+        out, state = flat.step(map_obs(lambda x, t=t: x[t], obs), state, starts[t])
+        assert out.shape == (2, 12) and torch.allclose(out, features[t], atol=1e-5)
 
 
 def test_lstm_forget_bias_sets_the_forget_gate_and_none_keeps_torch_init():

@@ -134,3 +134,27 @@ def test_start_sensitivity_measures_a_trained_spatial_recall_run(tmp_path):
     (other / "config.yaml").write_text("env:\n  id: tmem/CueRecall-v0\n")
     with pytest.raises(SystemExit, match="not tmem/SpatialRecall-v0"):
         start_sensitivity.trained_readout(str(other), obs)
+
+
+_SPEC_READOUT = importlib.util.spec_from_file_location(
+    "reacher_readout", Path(__file__).resolve().parents[1] / "scripts" / "reacher_readout.py"
+)
+reacher_readout = importlib.util.module_from_spec(_SPEC_READOUT)
+_SPEC_READOUT.loader.exec_module(reacher_readout)
+
+
+def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_path):
+    tiny = ["env=memory_reacher_hold", "algo=ppo_mujoco", "algo.n_envs=2", "algo.n_steps=64", "algo.batch_size=64",
+            "algo.bptt_len=16", "total_timesteps=128", "progress_bar=false", "log_formats=[csv]",
+            "checkpoint_freq=1000000", "eval_freq=0", "final_eval_episodes=0"]  # fmt: skip
+    for model in ("mlp", "lstm"):
+        train_main([*tiny, f"model={model}", f"hydra.run.dir={tmp_path / model}"])
+    memoryless, lstm = (reacher_readout.readout(str(tmp_path / model), 128) for model in ("mlp", "lstm"))
+    assert len(memoryless) == len(lstm) == 15
+    assert memoryless[4] > 0.9 and lstm[4] > 0.9  # the target is in the observation until t = 4
+    assert memoryless[-1] < 0.1 < 0.5 < lstm[-1]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("env:\n  id: tmem/CueRecall-v0\n")
+    with pytest.raises(SystemExit, match="needs one of"):
+        reacher_readout.readout(str(other), 128)

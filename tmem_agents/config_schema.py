@@ -104,6 +104,7 @@ class TensorMemoryModelConfig(ModelConfig):
     n_layers: int = 1
     heads: int = 2
     group_size: int = 4
+    pool: str = "mean"
     memory: MemoryGridConfig = field(default_factory=MemoryGridConfig)
 
 
@@ -300,6 +301,9 @@ def validate_train(cfg: DictConfig) -> None:
     if model.net_arch is not None and any(width < 1 for width in model.net_arch):
         _fail("model.net_arch", list(model.net_arch), "layer widths must be >= 1")
     if model.name == "tensor_memory":
+        from tmem_agents.policies.tensor_memory_extractor import POOLS
+
+        _one_of("model.pool", model.pool, POOLS)
         _check_memory(model.memory)
     validate_env(cfg.env)
     if cfg.resume is not None:

@@ -1,0 +1,96 @@
+"""Where trained memory-reacher agents keep the hidden target: a readout of its position from their features.
+
+On ``tmem/MemoryReacherHold-v0`` and ``tmem/PixelMemoryReacher-v0`` the arm is held for the first 15 steps, so
+what an agent observes in those steps does not depend on what it does. Those observations are made once per
+run, with zero actions, for ``--episodes`` episodes (seeds 0 onwards, normalised with the run's saved
+statistics where it kept them), and run through the final model's actor features extractor from its initial
+state. At every held step t a ridge regression from the features to the target's (x, y), fitted on half the
+episodes and scored on the other half, gives the held-out R^2: at the last step the target is shown
+(t = 4) it says whether the agent sees where the target is; at the last held step (t = 14) whether its
+memory still carries it, 10 steps after it was hidden. A memoryless agent reads about 0 there.
+
+    python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.vec_env import VecEnv
+
+from tmem_agents.algos import MemoryPPO
+from tmem_agents.env_factory import make_envs, normalize
+from tmem_agents.policies.base import Obs, map_obs
+from tmem_agents.readout import ridge_r2
+from tmem_agents.run_folder import RunFolder, normalization_path
+
+TASKS = ("tmem/MemoryReacherHold-v0", "tmem/PixelMemoryReacher-v0")
+BATCH = 64
+
+
+def _batch(venv: VecEnv, seed: int) -> tuple[list, np.ndarray]:
+    """The held steps' observations (a list of ``hold_steps`` VecEnv batches) and the targets ``(n, 2)``."""
+    venv.seed(seed)
+    steps = [venv.reset()]
+    hold_steps = venv.get_attr("unwrapped")[0].hold_steps
+    zeros = np.zeros((venv.num_envs, *venv.action_space.shape), dtype=venv.action_space.dtype)
+    for _ in range(hold_steps - 1):
+        steps.append(venv.step(zeros)[0])
+    targets = np.stack([env.get_body_com("target")[:2] for env in venv.get_attr("unwrapped")])
+    return steps, targets
+
+
+def hold_features(run_dir: str, episodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actor features ``(hold_steps, episodes, F)`` of a run's final model over the held steps, and the
+    targets ``(episodes, 2)``."""
+    run = RunFolder(run_dir)
+    run.require_config("run_dir")
+    train_cfg = OmegaConf.load(run.config)
+    if train_cfg.env.id not in TASKS:
+        raise SystemExit(f"{run_dir}: the run trained on {train_cfg.env.id}; this readout needs one of {TASKS}")
+    model_path = run.model_path("final")
+    policy = MemoryPPO.load(model_path, device="cpu").policy
+    venv = normalize(make_envs(train_cfg.env, BATCH, seed=0), train_cfg.algo, normalization_path(model_path), False)
+    features, targets = [], []
+    for first in range(0, episodes, BATCH):
+        steps, batch_targets = _batch(venv, first)
+        flat = policy.obs_to_tensor(
+            {key: np.concatenate([step[key] for step in steps]) for key in steps[0]}
+            if isinstance(steps[0], dict)
+            else np.concatenate(steps)
+        )[0]
+        obs: Obs = preprocess_obs(flat, policy.observation_space, normalize_images=policy.normalize_images)
+        obs = map_obs(lambda x: x.view(-1, BATCH, *x.shape[1:]), obs)
+        with torch.no_grad():
+            features.append(policy.pi_features_extractor.episodes(obs))
+        targets.append(torch.as_tensor(batch_targets))
+    venv.close()
+    return torch.cat(features, dim=1)[:, :episodes], torch.cat(targets)[:episodes]
+
+
+def readout(run_dir: str, episodes: int) -> list[float]:
+    """Held-out R^2 of the target's (x, y) from the features at each held step, for one run."""
+    features, targets = hold_features(run_dir, episodes)
+    return [ridge_r2(step, targets) for step in features]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of the two memory reachers")
+    parser.add_argument("--episodes", type=int, default=1024, help="episodes (a multiple of 64 is used whole)")
+    args = parser.parse_args()
+    if args.episodes < 2 * BATCH:
+        parser.error(f"--episodes must be at least {2 * BATCH}, got {args.episodes}")
+    torch.set_num_threads(1)
+    for run_dir in args.runs:
+        r2 = readout(run_dir, args.episodes)
+        print(f"{run_dir}: R^2 of the target by held step: " + " ".join(f"{value:.2f}" for value in r2))
+        print(f"  shown (t = 4): {r2[4]:.2f}; hidden 10 steps (t = {len(r2) - 1}): {r2[-1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
