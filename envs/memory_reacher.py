@@ -11,6 +11,17 @@ from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 SUCCESS_DISTANCE = 0.02
 
 
+def check_hold_schedule(visible_steps: int, hold_steps: int, max_steps: int) -> None:
+    """Raise ValueError unless the target is shown for ``visible_steps`` >= 0 steps, the arm is held for
+    ``hold_steps`` >= 0 and the episode lasts ``max_steps`` > ``hold_steps``."""
+    if not isinstance(visible_steps, (int, np.integer)) or visible_steps < 0:
+        raise ValueError(f"visible_steps must be an int >= 0, got {visible_steps!r}")
+    if not isinstance(hold_steps, (int, np.integer)) or hold_steps < 0:
+        raise ValueError(f"hold_steps must be an int >= 0, got {hold_steps!r}")
+    if not isinstance(max_steps, (int, np.integer)) or max_steps <= hold_steps:
+        raise ValueError(f"max_steps must be an int > hold_steps ({hold_steps}), got {max_steps!r}")
+
+
 class MemoryReacherEnv(ReacherEnv):
     """Reacher-v5 with the target visible in the first ``visible_steps`` observations, then hidden.
 
@@ -42,12 +53,7 @@ class MemoryReacherEnv(ReacherEnv):
         success_distance: float = SUCCESS_DISTANCE,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(visible_steps, (int, np.integer)) or visible_steps < 0:
-            raise ValueError(f"visible_steps must be an int >= 0, got {visible_steps!r}")
-        if not isinstance(hold_steps, (int, np.integer)) or hold_steps < 0:
-            raise ValueError(f"hold_steps must be an int >= 0, got {hold_steps!r}")
-        if not isinstance(max_steps, (int, np.integer)) or max_steps <= hold_steps:
-            raise ValueError(f"max_steps must be an int > hold_steps ({hold_steps}), got {max_steps!r}")
+        check_hold_schedule(visible_steps, hold_steps, max_steps)
         if not success_distance > 0:
             raise ValueError(f"success_distance must be > 0, got {success_distance!r}")
         super().__init__(**kwargs)

@@ -13,7 +13,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 
-from tmem_agents.envs.memory_reacher import SUCCESS_DISTANCE
+from tmem_agents.envs.memory_reacher import SUCCESS_DISTANCE, check_hold_schedule
 from tmem_agents.envs.occluders import MovingOccluders
 
 CAMERA_DISTANCE = 0.75
@@ -190,12 +190,7 @@ class PixelMemoryReacherEnv(PixelReacherEnv):
     """
 
     def __init__(self, visible_steps: int = 5, hold_steps: int = 15, max_steps: int = 60, **kwargs: Any) -> None:
-        if not isinstance(visible_steps, (int, np.integer)) or visible_steps < 0:
-            raise ValueError(f"visible_steps must be an int >= 0, got {visible_steps!r}")
-        if not isinstance(hold_steps, (int, np.integer)) or hold_steps < 0:
-            raise ValueError(f"hold_steps must be an int >= 0, got {hold_steps!r}")
-        if not isinstance(max_steps, (int, np.integer)) or max_steps <= hold_steps:
-            raise ValueError(f"max_steps must be an int > hold_steps ({hold_steps}), got {max_steps!r}")
+        check_hold_schedule(visible_steps, hold_steps, max_steps)
         self.visible_steps, self.hold_steps = int(visible_steps), int(hold_steps)
         super().__init__(max_steps=max_steps, occluder_width=0, angular_speed=(0.0, 0.0), **kwargs)
         self._target_geom = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, "target")
