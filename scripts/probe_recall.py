@@ -9,6 +9,11 @@ through the memory can learn, separate from PPO's credit assignment and explorat
 * ``--task spatial``: the observations of ``tmem/SpatialRecall-v0`` (3 objects at uniform positions in
   ``[-1, 1]^2`` shown for 3 steps, ``delay`` blank steps, a one-hot query naming one); squared error on
   the named object's position. Score: ``1 - distance``, the env's reward (pointing at the centre: 0.24).
+* ``--task pixel``: the held steps of ``tmem/PixelMemoryReacher-v0`` (64x64 frames and joint readings, the
+  target drawn in the first 5 of 15, the arm still), made once with zero actions: 1,536 episodes to train
+  on and 512 to score (``--delay`` does not apply: the env hides the target for the last 10). Squared
+  error on the target's (x, y). Score: R^2 of the answer, 0 for the mean position. With ``--query 4`` the
+  answer is read at the last shown step instead: what the image encoder sees, without the memory.
 
 Prints the score on 512 fresh episodes every ``--every`` iterations.
 
@@ -18,6 +23,7 @@ Prints the score on 512 fresh episodes every ``--every`` iterations.
     python scripts/probe_recall.py --task spatial --delay 10 --model tensor_memory
     python scripts/probe_recall.py --task spatial --delay 10 --model lstm --kwargs forget_bias=3 --ortho-init --frozen
     python scripts/probe_recall.py --task spatial --delay 10 --ortho-init --reinforce every-step --batch 64
+    python scripts/probe_recall.py --task pixel --model lstm --kwargs forget_bias=3 --iterations 300 --every 50
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from torch import nn
 from tmem_agents.policies import EXTRACTORS
 
 SPATIAL_OBJECTS, SPATIAL_SHOW_STEPS = 3, 3
+PIXEL_TRAIN, PIXEL_SCORE = 1536, 512
 
 
 def cue_episodes(
@@ -67,6 +74,24 @@ def spatial_episodes(delay: int, batch: int, generator: torch.Generator) -> tupl
     return obs, positions[torch.arange(batch), query]
 
 
+def pixel_episodes(count: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The held steps of ``count`` PixelMemoryReacher episodes (seeds ``seed`` on): ``pixels (T, B, 3, 64, 64)``
+    uint8 and ``proprio (T, B, 7)``, and the targets ``(B, 2)``."""
+    from tmem_agents.envs.pixel_reacher import PixelMemoryReacherEnv
+
+    env = PixelMemoryReacherEnv()
+    pixels, proprio, targets = [], [], []
+    for episode in range(count):
+        steps = [env.reset(seed=seed + episode)[0]]
+        steps += [env.step(np.zeros(2))[0] for _ in range(env.hold_steps - 1)]
+        pixels.append(np.stack([step["pixels"].transpose(2, 0, 1) for step in steps]))
+        proprio.append(np.stack([step["proprio"] for step in steps]))
+        targets.append(env.target_position())
+    env.close()
+    obs = {"pixels": torch.tensor(np.stack(pixels, axis=1)), "proprio": torch.tensor(np.stack(proprio, axis=1))}
+    return obs, torch.tensor(np.stack(targets), dtype=torch.float32)
+
+
 class Probe:
     """One recall task: its episodes, the readout's size, the training loss and the score.
 
@@ -82,22 +107,46 @@ class Probe:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.spatial = args.task == "spatial"
+        self.pixel = args.task == "pixel"
         if args.reinforce and not self.spatial:
             raise SystemExit("--reinforce needs --task spatial (a continuous action)")
-        self.obs_dim = 3 * SPATIAL_OBJECTS + 2 if self.spatial else args.n_cues + 1
-        self.out_dim = 2 if self.spatial else args.n_cues
+        if self.pixel:
+            self.space = gym.spaces.Dict(
+                {
+                    "pixels": gym.spaces.Box(0, 255, (3, 64, 64), np.uint8),
+                    "proprio": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32),
+                }
+            )
+            self.pool = pixel_episodes(PIXEL_TRAIN + PIXEL_SCORE, seed=0)
+        else:
+            obs_dim = 3 * SPATIAL_OBJECTS + 2 if self.spatial else args.n_cues + 1
+            self.space = gym.spaces.Box(-1.0, 1.0, shape=(obs_dim,), dtype=np.float32)
+        self.query = args.query if self.pixel else -1
+        self.out_dim = 2 if self.spatial or self.pixel else args.n_cues
         self.log_std = nn.Parameter(torch.zeros(self.out_dim))
 
+    def _from_pool(self, index: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        obs, targets = self.pool
+        return {"pixels": obs["pixels"][:, index].float() / 255, "proprio": obs["proprio"][:, index]}, targets[index]
+
     def episodes(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pixel:
+            return self._from_pool(torch.randint(PIXEL_TRAIN, (batch,), generator=generator))
         if self.spatial:
             return spatial_episodes(self.args.delay, batch, generator)
         return cue_episodes(self.args.n_cues, self.args.delay, batch, generator, self.args.normalize)
 
+    def score_episodes(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """512 episodes to score on: fresh ones, or for ``pixel`` the pool's held-out ones."""
+        if self.pixel:
+            return self._from_pool(torch.arange(PIXEL_TRAIN, PIXEL_TRAIN + PIXEL_SCORE))
+        return self.episodes(512, generator)
+
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.args.reinforce:
             return self._policy_gradient_loss(out, target)
-        if self.spatial:
-            return (out[-1] - target).pow(2).sum(-1).mean()
+        if self.spatial or self.pixel:
+            return (out[self.query] - target).pow(2).sum(-1).mean()
         return nn.functional.cross_entropy(out[-1], target)
 
     def _policy_gradient_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -111,6 +160,9 @@ class Probe:
         return -(advantage * log_prob).mean() - 0.01 * policy.entropy().sum(-1).mean()
 
     def score(self, out: torch.Tensor, target: torch.Tensor) -> float:
+        if self.pixel:
+            residual = (out[self.query] - target).pow(2).sum()
+            return (1 - residual / (target - target.mean(0)).pow(2).sum()).item()
         if self.spatial:
             return (1 - (out[-1].clamp(-1, 1) - target).norm(dim=-1)).mean().item()
         return (out[-1].argmax(-1) == target).float().mean().item()
@@ -131,7 +183,7 @@ def options(pairs: list[str]) -> dict:
 
 
 def answer(extractor: nn.Module, readout: nn.Module, obs: torch.Tensor) -> torch.Tensor:
-    """The readout of the features at every step of episodes ``obs (T, B, obs_dim)`` -> ``(T, B, out_dim)``."""
+    """The readout of the features at every step of episodes ``obs (T, B, ...)`` -> ``(T, B, out_dim)``."""
     return readout(extractor.episodes(obs))
 
 
@@ -140,11 +192,10 @@ def train(probe: Probe, seed: int) -> list[tuple[int, float]]:
     args = probe.args
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    space = gym.spaces.Box(-1.0, 1.0, shape=(probe.obs_dim,), dtype=np.float32)
     kwargs = {"features_dim": 64, **options(args.kwargs)}
     if args.memory:
         kwargs["memory"] = options(args.memory)
-    extractor = EXTRACTORS[args.model](space, **kwargs)
+    extractor = EXTRACTORS[args.model](probe.space, **kwargs)
     if args.ortho_init:
         extractor.apply_sb3_initialisation()
     extractor.requires_grad_(not args.frozen)
@@ -165,20 +216,21 @@ def train(probe: Probe, seed: int) -> list[tuple[int, float]]:
         optimizer.step()
         if iteration % args.every == 0:
             with torch.no_grad():
-                obs, target = probe.episodes(512, generator)
+                obs, target = probe.score_episodes(generator)
                 curve.append((iteration, probe.score(answer(extractor, readout, obs), target)))
     return curve
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="cue", choices=("cue", "spatial"))
+    parser.add_argument("--task", default="cue", choices=("cue", "spatial", "pixel"))
     parser.add_argument("--model", default="tensor_memory", choices=sorted(EXTRACTORS))
     parser.add_argument("--kwargs", nargs="*", default=[], help="extractor options as key=value")
     parser.add_argument("--memory", nargs="*", default=[], help="Tensor Memory options as key=value")
     parser.add_argument("--normalize", action="store_true", help="cue task: standardized observations")
     parser.add_argument("--n-cues", type=int, default=4)
     parser.add_argument("--delay", type=int, default=32)
+    parser.add_argument("--query", type=int, default=14, choices=(4, 14), help="pixel task: the step answered")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--iterations", type=int, default=150)

@@ -21,7 +21,7 @@ _SPEC.loader.exec_module(probe_recall)
 def _args(**overrides) -> argparse.Namespace:
     defaults = {"task": "cue", "model": "lstm", "kwargs": [], "memory": [], "normalize": False, "n_cues": 2,
                 "delay": 4, "batch": 16, "lr": 1e-2, "iterations": 30, "every": 10, "ortho_init": False,
-                "frozen": False, "reinforce": None}  # fmt: skip
+                "frozen": False, "reinforce": None, "query": 14}  # fmt: skip
     return argparse.Namespace(**{**defaults, **overrides})
 
 
@@ -66,12 +66,25 @@ def test_frozen_probe_trains_only_the_readout(monkeypatch):
     probe = probe_recall.Probe(args)
     curve = probe_recall.train(probe, seed=0)
     torch.manual_seed(0)
-    space = probe_recall.gym.spaces.Box(-1.0, 1.0, shape=(probe.obs_dim,), dtype=np.float32)
-    fresh = extractor_class(space, features_dim=64, forget_bias=3)
+    fresh = extractor_class(probe.space, features_dim=64, forget_bias=3)
     fresh.apply_sb3_initialisation()
     for trained, initial in zip(made[0].parameters(), fresh.parameters(), strict=True):
         assert torch.equal(trained, initial)
     assert curve[-1][1] == 1.0  # an LSTM with forget bias 3 carries a cue over 4 steps untrained
+
+
+def test_pixel_probe_reads_the_held_steps_of_the_pixel_memory_reacher(monkeypatch):
+    monkeypatch.setattr(probe_recall, "PIXEL_TRAIN", 12)
+    monkeypatch.setattr(probe_recall, "PIXEL_SCORE", 4)
+    for model, query in (("lstm", 14), ("tensor_memory", 4)):
+        probe = probe_recall.Probe(_args(task="pixel", model=model, query=query, batch=4, iterations=2, every=2))
+        obs, targets = probe.pool
+        assert obs["pixels"].shape == (15, 16, 3, 64, 64) and obs["proprio"].shape == (15, 16, 7)
+        assert targets.shape == (16, 2) and targets.norm(dim=1).min() >= 0.08
+        scored, scored_targets = probe.score_episodes(torch.Generator())
+        assert torch.equal(scored_targets, targets[12:]) and scored["pixels"].max() <= 1.0
+        curve = probe_recall.train(probe, seed=0)
+        assert len(curve) == 1 and curve[0][1] <= 1.0
 
 
 def test_reinforce_probe_trains_a_gaussian_policy_from_the_query_or_every_step():
