@@ -265,7 +265,8 @@ def main() -> None:
             *([f"--reinforce {args.reinforce}"] if args.reinforce else []),
         ]
     )
-    print(f"{args.task} recall, delay {args.delay}{' (normalized)' if args.normalize else ''}: {settings}")
+    where = f"answer at step {args.query}" if args.task == "pixel" else f"delay {args.delay}"
+    print(f"{args.task} recall, {where}{' (normalized)' if args.normalize else ''}: {settings}")
     for seed in args.seeds:
         start = time.perf_counter()
         curve = train(probe, seed)
