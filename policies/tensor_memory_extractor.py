@@ -64,13 +64,15 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         group_size: int = 4,
         memory: TensorMemoryConfig | dict[str, Any] | None = None,
         pool: str = "mean",
+        image_stem: str = "patches",
+        image_tokens: int = 8,
     ) -> None:
         super().__init__(observation_space, features_dim)
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-        self.tokenizer = make_tokenizer(observation_space, token_dim, group_size)
+        self.tokenizer = make_tokenizer(observation_space, token_dim, group_size, image_stem, image_tokens)
         if not isinstance(memory, TensorMemoryConfig):
             fields = {**EXTRACTOR_MEMORY_DEFAULTS, "chunk_size": self.tokenizer.num_tokens, **(memory or {})}
             known = {f.name for f in dataclasses.fields(TensorMemoryConfig)}

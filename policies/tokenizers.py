@@ -1,24 +1,30 @@
 """Observations to tokens ``(B, N, d)`` for the Tensor Memory extractor.
 
 * vectors: consecutive groups of ``group_size`` dims, each group with its own projection;
-* images: a stride-2 conv stem down to at most 8x8 cells, one token per cell, plus learned positions;
+* images, ``image_stem="patches"``: a stride-2 conv stem down to at most 8x8 cells, one token per cell, plus
+  learned positions; ``image_stem="nature_cnn"``: SB3's Nature CNN, the baselines' encoder, its features cut
+  into ``image_tokens`` tokens;
 * dicts: each key tokenized, plus a learned key embedding, all concatenated.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import gymnasium as gym
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space, is_image_space_channels_first
+from stable_baselines3.common.torch_layers import NatureCNN
 from torch import nn
 
 from tmem_agents.policies.encoders import check_observation_space
 
 MAX_IMAGE_GRID = 8
+IMAGE_STEMS = ("patches", "nature_cnn")
+NATURE_CNN_MIN_SIZE = 36
 
 
 class VectorTokenizer(nn.Module):
@@ -73,13 +79,45 @@ class ImageTokenizer(nn.Module):
         return self.stem(obs).flatten(2).transpose(1, 2) + self.position
 
 
+class NatureCNNTokenizer(nn.Module):
+    """Images ``(B, C, H, W)`` (or HWC, transposed here) -> SB3's Nature CNN -> ``num_tokens`` tokens ``(B, n, d)``.
+
+    The CNN's last linear layer reads every cell of its final feature map, so where a small object lies
+    reaches every feature, as it does for the baselines that use the same encoder; the patch stem's tokens
+    carry it only in which token lights up. The ``n * d`` features are cut into ``n`` tokens of ``d``.
+    """
+
+    def __init__(self, observation_space: spaces.Box, token_dim: int, num_tokens: int = 8) -> None:
+        super().__init__()
+        if num_tokens < 1:
+            raise ValueError(f"image_tokens must be >= 1, got {num_tokens}")
+        self.channels_first = is_image_space_channels_first(observation_space)
+        shape = observation_space.shape
+        if not self.channels_first:
+            shape = (shape[2], shape[0], shape[1])
+            observation_space = spaces.Box(0, 255, shape, observation_space.dtype)
+        if min(shape[1:]) < NATURE_CNN_MIN_SIZE:
+            raise ValueError(
+                f"image_stem='nature_cnn' needs images of at least {NATURE_CNN_MIN_SIZE}x{NATURE_CNN_MIN_SIZE} "
+                f"pixels, got {shape[1]}x{shape[2]}; use image_stem='patches' for smaller images"
+            )
+        self.num_tokens = num_tokens
+        self.token_dim = token_dim
+        self.cnn = NatureCNN(observation_space, features_dim=num_tokens * token_dim)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.channels_first:
+            obs = obs.permute(0, 3, 1, 2)
+        return self.cnn(obs).view(obs.shape[0], self.num_tokens, self.token_dim)
+
+
 class DictTokenizer(nn.Module):
     """Each key tokenized on its own, tagged with a learned key embedding, then concatenated."""
 
-    def __init__(self, observation_space: spaces.Dict, token_dim: int, group_size: int = 4) -> None:
+    def __init__(self, observation_space: spaces.Dict, token_dim: int, group_size: int = 4, **image: Any) -> None:
         super().__init__()
         self.parts = nn.ModuleDict(
-            {key: make_tokenizer(sub, token_dim, group_size) for key, sub in observation_space.spaces.items()}
+            {key: make_tokenizer(sub, token_dim, group_size, **image) for key, sub in observation_space.spaces.items()}
         )
         self.key_embedding = nn.Parameter(torch.randn(len(self.parts), token_dim) * 0.02)
         self.num_tokens = sum(part.num_tokens for part in self.parts.values())
@@ -89,11 +127,25 @@ class DictTokenizer(nn.Module):
         return torch.cat(tokens, dim=1)
 
 
-def make_tokenizer(observation_space: gym.Space, token_dim: int, group_size: int = 4) -> nn.Module:
-    """The tokenizer for a space; each has ``num_tokens`` and maps a preprocessed batch to ``(B, N, d)``."""
+def make_tokenizer(
+    observation_space: gym.Space,
+    token_dim: int,
+    group_size: int = 4,
+    image_stem: str = "patches",
+    image_tokens: int = 8,
+) -> nn.Module:
+    """The tokenizer for a space; each has ``num_tokens`` and maps a preprocessed batch to ``(B, N, d)``.
+
+    ``image_stem`` (one of :data:`IMAGE_STEMS`) picks the images' tokenizer; ``image_tokens`` is the number of
+    tokens of the ``nature_cnn`` stem.
+    """
     check_observation_space(observation_space)
+    if image_stem not in IMAGE_STEMS:
+        raise ValueError(f"image_stem must be one of {IMAGE_STEMS}, got {image_stem!r}")
     if isinstance(observation_space, spaces.Dict):
-        return DictTokenizer(observation_space, token_dim, group_size)
+        return DictTokenizer(observation_space, token_dim, group_size, image_stem=image_stem, image_tokens=image_tokens)
     if is_image_space(observation_space, check_channels=False):
+        if image_stem == "nature_cnn":
+            return NatureCNNTokenizer(observation_space, token_dim, image_tokens)
         return ImageTokenizer(observation_space, token_dim)
     return VectorTokenizer(get_flattened_obs_dim(observation_space), token_dim, group_size)

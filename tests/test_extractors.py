@@ -122,6 +122,37 @@ def test_unsupported_spaces_and_options_raise_clear_errors():
         TensorMemoryExtractor(VECTOR, pool="max")
 
 
+def test_nature_cnn_stem_cuts_the_baselines_encoder_into_tokens():
+    torch.manual_seed(0)
+    kwargs = {**KWARGS["tensor_memory"], "image_stem": "nature_cnn", "image_tokens": 3}
+    extractor = TensorMemoryExtractor(DICT, **kwargs)
+    image = extractor.tokenizer.parts["img"]
+    assert image.num_tokens == 3 and extractor.tokenizer.num_tokens == 2 + 1 + 1 + 3
+    obs = _obs(DICT, 4, 2)
+    starts = torch.zeros(4, 2)
+    starts[1, 0] = 1
+    features, _ = extractor.sequence(obs, extractor.initial_state(2), starts)
+    state = extractor.initial_state(2)
+    for t in range(4):
+        out, state = extractor.step(map_obs(lambda x, t=t: x[t], obs), state, starts[t])
+        assert torch.allclose(out, features[t], atol=1e-5)
+    tokens = image(obs["img"][0])
+    assert tokens.shape == (2, 3, 8)
+    assert torch.allclose(tokens.flatten(1), image.cnn(obs["img"][0]))
+    hwc = TensorMemoryExtractor(spaces.Box(0, 255, (40, 44, 3), np.uint8), **kwargs).tokenizer
+    hwc.load_state_dict(image.state_dict())
+    assert torch.allclose(hwc(obs["img"][0].permute(0, 2, 3, 1)), tokens)
+
+
+def test_bad_image_stems_raise_clear_errors():
+    with pytest.raises(ValueError, match="image_stem must be one of"):
+        TensorMemoryExtractor(IMAGE, image_stem="vit")
+    with pytest.raises(ValueError, match="image_tokens must be >= 1"):
+        TensorMemoryExtractor(IMAGE, image_stem="nature_cnn", image_tokens=0)
+    with pytest.raises(ValueError, match="at least 36x36 pixels, got 32x32; use image_stem='patches'"):
+        TensorMemoryExtractor(spaces.Box(0, 255, (3, 32, 32), np.uint8), image_stem="nature_cnn")
+
+
 def test_flatten_pool_concatenates_the_tokens():
     torch.manual_seed(0)
     flat = TensorMemoryExtractor(DICT, pool="flatten", **KWARGS["tensor_memory"])

@@ -105,6 +105,8 @@ class TensorMemoryModelConfig(ModelConfig):
     heads: int = 2
     group_size: int = 4
     pool: str = "mean"
+    image_stem: str = "patches"
+    image_tokens: int = 8
     memory: MemoryGridConfig = field(default_factory=MemoryGridConfig)
 
 
@@ -302,8 +304,11 @@ def validate_train(cfg: DictConfig) -> None:
         _fail("model.net_arch", list(model.net_arch), "layer widths must be >= 1")
     if model.name == "tensor_memory":
         from tmem_agents.policies.tensor_memory_extractor import POOLS
+        from tmem_agents.policies.tokenizers import IMAGE_STEMS
 
         _one_of("model.pool", model.pool, POOLS)
+        _one_of("model.image_stem", model.image_stem, IMAGE_STEMS)
+        _at_least(model, "model.", ("token_dim", "n_layers", "heads", "group_size", "image_tokens"), 1)
         _check_memory(model.memory)
     validate_env(cfg.env)
     if cfg.resume is not None:
