@@ -49,6 +49,11 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     The whole observation is one chunk by default (``chunk_size = N``), so every block makes one memory
     step per env step. State: the memory's ``{"h", "c"}``, each ``(B, C, D, H, W)``.
 
+    ``image_stem="nature_cnn"`` gives an image ``image_tokens`` tokens cut from SB3's Nature CNN, the encoder
+    the baselines use, whose features see where a small object lies; ``"patches"`` one token per cell of an
+    8x8 conv grid; ``"auto"`` the Nature CNN for images of at least 36x36 pixels, else the patches
+    (:mod:`tmem_agents.policies.tokenizers`).
+
     Args:
         memory: a dict of :class:`TensorMemoryConfig` fields, applied over :data:`EXTRACTOR_MEMORY_DEFAULTS` and
             ``chunk_size = N``; or a complete :class:`TensorMemoryConfig`, used as it is.
@@ -64,7 +69,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         group_size: int = 4,
         memory: TensorMemoryConfig | dict[str, Any] | None = None,
         pool: str = "mean",
-        image_stem: str = "patches",
+        image_stem: str = "auto",
         image_tokens: int = 8,
     ) -> None:
         super().__init__(observation_space, features_dim)

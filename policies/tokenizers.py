@@ -1,9 +1,10 @@
 """Observations to tokens ``(B, N, d)`` for the Tensor Memory extractor.
 
 * vectors: consecutive groups of ``group_size`` dims, each group with its own projection;
-* images, ``image_stem="patches"``: a stride-2 conv stem down to at most 8x8 cells, one token per cell, plus
-  learned positions; ``image_stem="nature_cnn"``: SB3's Nature CNN, the baselines' encoder, its features cut
-  into ``image_tokens`` tokens;
+* images, ``image_stem="nature_cnn"``: SB3's Nature CNN, the baselines' encoder, its features cut into
+  ``image_tokens`` tokens; ``image_stem="patches"``: a stride-2 conv stem down to at most 8x8 cells, one token
+  per cell, plus learned positions; ``"auto"`` (the default): the Nature CNN where the image is at least
+  36x36 pixels, the patches below;
 * dicts: each key tokenized, plus a learned key embedding, all concatenated.
 """
 
@@ -23,7 +24,7 @@ from torch import nn
 from tmem_agents.policies.encoders import check_observation_space
 
 MAX_IMAGE_GRID = 8
-IMAGE_STEMS = ("patches", "nature_cnn")
+IMAGE_STEMS = ("auto", "nature_cnn", "patches")
 NATURE_CNN_MIN_SIZE = 36
 
 
@@ -131,13 +132,14 @@ def make_tokenizer(
     observation_space: gym.Space,
     token_dim: int,
     group_size: int = 4,
-    image_stem: str = "patches",
+    image_stem: str = "auto",
     image_tokens: int = 8,
 ) -> nn.Module:
     """The tokenizer for a space; each has ``num_tokens`` and maps a preprocessed batch to ``(B, N, d)``.
 
     ``image_stem`` (one of :data:`IMAGE_STEMS`) picks the images' tokenizer; ``image_tokens`` is the number of
-    tokens of the ``nature_cnn`` stem.
+    tokens of the ``nature_cnn`` stem. Supervised, the Nature CNN finds a small object in a 64x64 frame where
+    the patch stem's averaged tokens do not, and it trains several times faster (``scripts/image_stem_check.py``).
     """
     check_observation_space(observation_space)
     if image_stem not in IMAGE_STEMS:
@@ -145,6 +147,10 @@ def make_tokenizer(
     if isinstance(observation_space, spaces.Dict):
         return DictTokenizer(observation_space, token_dim, group_size, image_stem=image_stem, image_tokens=image_tokens)
     if is_image_space(observation_space, check_channels=False):
+        if image_stem == "auto":
+            shape = observation_space.shape
+            size = min(shape[1:] if is_image_space_channels_first(observation_space) else shape[:2])
+            image_stem = "nature_cnn" if size >= NATURE_CNN_MIN_SIZE else "patches"
         if image_stem == "nature_cnn":
             return NatureCNNTokenizer(observation_space, token_dim, image_tokens)
         return ImageTokenizer(observation_space, token_dim)

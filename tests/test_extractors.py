@@ -53,10 +53,11 @@ def test_sequence_equals_step_by_step_with_resets(name, space):
         assert torch.allclose(final[key], state[key], atol=1e-5)
 
 
-def test_tensor_memory_tokenizes_images_and_dicts_and_uses_its_memory():
+@pytest.mark.parametrize("image_stem", ["patches", "nature_cnn"])
+def test_tensor_memory_tokenizes_images_and_dicts_and_uses_its_memory(image_stem):
     torch.manual_seed(0)
     for space in (IMAGE, spaces.Box(0, 255, (40, 44, 3), np.uint8), DICT):
-        extractor = TensorMemoryExtractor(space, **KWARGS["tensor_memory"])
+        extractor = TensorMemoryExtractor(space, image_stem=image_stem, **KWARGS["tensor_memory"])
         obs = map_obs(lambda x: x[0], _obs(space, 1, 2))
         fresh, state = extractor.step(obs, extractor.initial_state(2), torch.zeros(2))
         for _ in range(3):
@@ -65,8 +66,14 @@ def test_tensor_memory_tokenizes_images_and_dicts_and_uses_its_memory():
         assert not torch.allclose(fresh, carried), "features must depend on what the memory holds"
         reset, _ = extractor.step(obs, state, torch.ones(2))
         assert torch.allclose(reset, fresh, atol=1e-6)
-    # tokens of group_size (4) dims: bits (one-hot 2 + 3) 2, cue 1, pos 1; 5 x 5 cells for the image
-    assert TensorMemoryExtractor(DICT, **KWARGS["tensor_memory"]).tokenizer.num_tokens == 2 + 1 + 1 + 5 * 5
+    # tokens of group_size (4) dims: bits (one-hot 2 + 3) 2, cue 1, pos 1; 8 (nature_cnn) or 5 x 5 cells (patches)
+    assert extractor.tokenizer.num_tokens == 2 + 1 + 1 + (8 if image_stem == "nature_cnn" else 5 * 5)
+
+
+def test_auto_image_stem_takes_the_nature_cnn_from_36_pixels():
+    for shape, stem in (((3, 40, 44), "nature_cnn"), ((36, 36, 3), "nature_cnn"), ((3, 35, 64), "patches")):
+        extractor = TensorMemoryExtractor(spaces.Box(0, 255, shape, np.uint8), **KWARGS["tensor_memory"])
+        assert extractor.tokenizer.num_tokens == (8 if stem == "nature_cnn" else 4 * 8), shape
 
 
 @pytest.mark.parametrize("name", list(EXTRACTORS))

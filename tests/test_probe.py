@@ -171,3 +171,20 @@ def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_pa
     (other / "config.yaml").write_text("env:\n  id: tmem/CueRecall-v0\n")
     with pytest.raises(SystemExit, match="needs one of"):
         reacher_readout.readout(str(other), 128)
+
+
+_SPEC_STEM = importlib.util.spec_from_file_location(
+    "image_stem_check", Path(__file__).resolve().parents[1] / "scripts" / "image_stem_check.py"
+)
+image_stem_check = importlib.util.module_from_spec(_SPEC_STEM)
+_SPEC_STEM.loader.exec_module(image_stem_check)
+
+
+def test_image_stem_check_finds_the_dot_with_the_nature_cnn_not_with_averaged_patches():
+    frames, targets = image_stem_check.first_frames(500)
+    assert frames.shape == (500, 3, 64, 64) and 0 <= frames.min() and frames.max() <= 1
+    assert targets.norm(dim=1).max() <= 1 + 1e-6
+    cnn = image_stem_check.stem_r2("nature_cnn", "mean", frames, targets, iterations=300, report=150)
+    patches = image_stem_check.stem_r2("patches", "mean", frames, targets, iterations=300, report=150)
+    assert [it for it, _ in cnn] == [150, 300]
+    assert cnn[-1][1] > 0.5 > 0.2 > patches[-1][1]

@@ -105,7 +105,7 @@ class TensorMemoryModelConfig(ModelConfig):
     heads: int = 2
     group_size: int = 4
     pool: str = "mean"
-    image_stem: str = "patches"
+    image_stem: str = "auto"
     image_tokens: int = 8
     memory: MemoryGridConfig = field(default_factory=MemoryGridConfig)
 
