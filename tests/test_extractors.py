@@ -129,6 +129,19 @@ def test_unsupported_spaces_and_options_raise_clear_errors():
         TensorMemoryExtractor(VECTOR, pool="max")
 
 
+def _assert_steps_match_the_sequence(extractor, obs) -> torch.Tensor:
+    """Step ``obs`` ``(4, 2, ...)`` one step at a time (an episode starts at step 2 of env 1) and compare with
+    :meth:`sequence`; return its features."""
+    starts = torch.zeros(4, 2)
+    starts[2, 1] = 1
+    features, _ = extractor.sequence(obs, extractor.initial_state(2), starts)
+    state = extractor.initial_state(2)
+    for t in range(4):
+        out, state = extractor.step(map_obs(lambda x, t=t: x[t], obs), state, starts[t])
+        assert torch.allclose(out, features[t], atol=1e-5), f"step {t}"
+    return features
+
+
 def test_nature_cnn_stem_cuts_the_baselines_encoder_into_tokens():
     torch.manual_seed(0)
     kwargs = {**KWARGS["tensor_memory"], "image_stem": "nature_cnn", "image_tokens": 3}
@@ -136,13 +149,7 @@ def test_nature_cnn_stem_cuts_the_baselines_encoder_into_tokens():
     image = extractor.tokenizer.parts["img"]
     assert image.num_tokens == 3 and extractor.tokenizer.num_tokens == 2 + 1 + 1 + 3
     obs = _obs(DICT, 4, 2)
-    starts = torch.zeros(4, 2)
-    starts[1, 0] = 1
-    features, _ = extractor.sequence(obs, extractor.initial_state(2), starts)
-    state = extractor.initial_state(2)
-    for t in range(4):
-        out, state = extractor.step(map_obs(lambda x, t=t: x[t], obs), state, starts[t])
-        assert torch.allclose(out, features[t], atol=1e-5)
+    _assert_steps_match_the_sequence(extractor, obs)
     tokens = image(obs["img"][0])
     assert tokens.shape == (2, 3, 8)
     assert torch.allclose(tokens.flatten(1), image.cnn(obs["img"][0]))
@@ -165,14 +172,7 @@ def test_flatten_pool_concatenates_the_tokens():
     flat = TensorMemoryExtractor(DICT, pool="flatten", **KWARGS["tensor_memory"])
     assert flat.head[0].in_features == flat.tokenizer.num_tokens * 8
     assert TensorMemoryExtractor(DICT, **KWARGS["tensor_memory"]).head[0].in_features == 8
-    obs = _obs(DICT, 4, 2)
-    starts = torch.zeros(4, 2)
-    starts[2, 1] = 1
-    features, _ = flat.sequence(obs, flat.initial_state(2), starts)
-    state = flat.initial_state(2)
-    for t in range(4):
-        out, state = flat.step(map_obs(lambda x, t=t: x[t], obs), state, starts[t])
-        assert out.shape == (2, 12) and torch.allclose(out, features[t], atol=1e-5)
+    assert _assert_steps_match_the_sequence(flat, _obs(DICT, 4, 2)).shape == (4, 2, 12)
 
 
 def test_lstm_forget_bias_sets_the_forget_gate_and_none_keeps_torch_init():
