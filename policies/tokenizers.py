@@ -28,6 +28,12 @@ IMAGE_STEMS = ("auto", "nature_cnn", "patches")
 NATURE_CNN_MIN_SIZE = 36
 
 
+def image_chw(observation_space: spaces.Box) -> tuple[int, int, int]:
+    """``(C, H, W)`` of an image space, channels first or last."""
+    shape = observation_space.shape
+    return shape if is_image_space_channels_first(observation_space) else (shape[2], shape[0], shape[1])
+
+
 class VectorTokenizer(nn.Module):
     """``(B, obs_dim)`` -> ``(B, ceil(obs_dim / group_size), d)``; zero-pads the last group.
 
@@ -59,8 +65,8 @@ class ImageTokenizer(nn.Module):
     def __init__(self, observation_space: spaces.Box, token_dim: int) -> None:
         super().__init__()
         self.channels_first = is_image_space_channels_first(observation_space)
-        shape = observation_space.shape
-        channels, height, width = shape if self.channels_first else (shape[2], shape[0], shape[1])
+        chw = image_chw(observation_space)
+        channels, height, width = chw
         layers: list[nn.Module] = []
         in_ch = channels
         while max(height, width) > MAX_IMAGE_GRID:
@@ -70,7 +76,7 @@ class ImageTokenizer(nn.Module):
         layers += [nn.Conv2d(in_ch, token_dim, kernel_size=1)]
         self.stem = nn.Sequential(*layers)
         with torch.no_grad():
-            probe = self.stem(torch.zeros(1, channels, *(shape[1:] if self.channels_first else shape[:2])))
+            probe = self.stem(torch.zeros(1, *chw))
         self.num_tokens = probe.shape[2] * probe.shape[3]
         self.position = nn.Parameter(torch.randn(self.num_tokens, token_dim) * 0.02)
 
@@ -93,9 +99,8 @@ class NatureCNNTokenizer(nn.Module):
         if num_tokens < 1:
             raise ValueError(f"image_tokens must be >= 1, got {num_tokens}")
         self.channels_first = is_image_space_channels_first(observation_space)
-        shape = observation_space.shape
+        shape = image_chw(observation_space)
         if not self.channels_first:
-            shape = (shape[2], shape[0], shape[1])
             observation_space = spaces.Box(0, 255, shape, observation_space.dtype)
         if min(shape[1:]) < NATURE_CNN_MIN_SIZE:
             raise ValueError(
@@ -148,9 +153,8 @@ def make_tokenizer(
         return DictTokenizer(observation_space, token_dim, group_size, image_stem=image_stem, image_tokens=image_tokens)
     if is_image_space(observation_space, check_channels=False):
         if image_stem == "auto":
-            shape = observation_space.shape
-            size = min(shape[1:] if is_image_space_channels_first(observation_space) else shape[:2])
-            image_stem = "nature_cnn" if size >= NATURE_CNN_MIN_SIZE else "patches"
+            small = min(image_chw(observation_space)[1:]) < NATURE_CNN_MIN_SIZE
+            image_stem = "patches" if small else "nature_cnn"
         if image_stem == "nature_cnn":
             return NatureCNNTokenizer(observation_space, token_dim, image_tokens)
         return ImageTokenizer(observation_space, token_dim)
