@@ -12,7 +12,7 @@ from torch import nn
 
 from tmem_agents.memory import MemoryBlock, TensorMemory, TensorMemoryConfig
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
-from tmem_agents.policies.tokenizers import make_tokenizer
+from tmem_agents.policies.tokenizers import has_image, make_tokenizer
 from tmem_agents.state import reset_state
 from tmem_agents.transformer import PreNormBlock
 
@@ -35,7 +35,7 @@ EXTRACTOR_MEMORY_DEFAULTS: dict[str, Any] = {
     "read_norm": True,
     "write_from": "block_input",
 }
-POOLS = ("mean", "flatten")
+POOLS = ("auto", "mean", "flatten")
 
 
 class TensorMemoryExtractor(RecurrentFeaturesExtractor):
@@ -44,7 +44,9 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
 
     ``pool="mean"`` averages the ``N`` tokens ``(B, d)``; ``pool="flatten"`` concatenates them ``(B, N * d)``,
     so the head sees which token carries what, as SB3's Nature CNN sees which cell of its last feature map
-    does: a small object in an image, one patch token of 64, is otherwise averaged away.
+    does; ``pool="auto"`` (the default) flattens where the observation holds an image and averages otherwise.
+    Trained to recall the pixel memory reacher's hidden target, the extractor learns nothing with the mean
+    and carries it through 10 hidden frames with the concatenation (``scripts/probe_recall.py --task pixel``).
 
     The whole observation is one chunk by default (``chunk_size = N``), so every block makes one memory
     step per env step. State: the memory's ``{"h", "c"}``, each ``(B, C, D, H, W)``.
@@ -68,7 +70,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         heads: int = 2,
         group_size: int = 4,
         memory: TensorMemoryConfig | dict[str, Any] | None = None,
-        pool: str = "mean",
+        pool: str = "auto",
         image_stem: str = "auto",
         image_tokens: int = 8,
     ) -> None:
@@ -94,8 +96,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.memory = TensorMemory(memory, token_dim)
         self.layers = nn.ModuleList(MemoryBlock(PreNormBlock(token_dim, heads), self.memory) for _ in range(n_layers))
         self.norm = nn.LayerNorm(token_dim)
-        self.pool = pool
-        pooled = token_dim * (num_tokens if pool == "flatten" else 1)
+        self.pool = ("flatten" if has_image(observation_space) else "mean") if pool == "auto" else pool
+        pooled = token_dim * (num_tokens if self.pool == "flatten" else 1)
         self.head = nn.Sequential(nn.Linear(pooled, features_dim), nn.ReLU())
 
     def restore_initialisation(self) -> None:

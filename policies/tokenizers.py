@@ -34,6 +34,13 @@ def image_chw(observation_space: spaces.Box) -> tuple[int, int, int]:
     return shape if is_image_space_channels_first(observation_space) else (shape[2], shape[0], shape[1])
 
 
+def has_image(observation_space: gym.Space) -> bool:
+    """Whether a space is an image, or a dict with an image among its entries."""
+    if isinstance(observation_space, spaces.Dict):
+        return any(has_image(sub) for sub in observation_space.spaces.values())
+    return is_image_space(observation_space, check_channels=False)
+
+
 class VectorTokenizer(nn.Module):
     """``(B, obs_dim)`` -> ``(B, ceil(obs_dim / group_size), d)``; zero-pads the last group.
 

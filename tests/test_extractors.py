@@ -171,8 +171,15 @@ def test_flatten_pool_concatenates_the_tokens():
     torch.manual_seed(0)
     flat = TensorMemoryExtractor(DICT, pool="flatten", **KWARGS["tensor_memory"])
     assert flat.head[0].in_features == flat.tokenizer.num_tokens * 8
-    assert TensorMemoryExtractor(DICT, **KWARGS["tensor_memory"]).head[0].in_features == 8
+    assert TensorMemoryExtractor(DICT, pool="mean", **KWARGS["tensor_memory"]).head[0].in_features == 8
     assert _assert_steps_match_the_sequence(flat, _obs(DICT, 4, 2)).shape == (4, 2, 12)
+
+
+def test_auto_pool_flattens_observations_with_an_image_and_averages_vectors():
+    for space, pool in ((DICT, "flatten"), (IMAGE, "flatten"), (VECTOR, "mean")):
+        extractor = TensorMemoryExtractor(space, **KWARGS["tensor_memory"])
+        assert extractor.pool == pool
+        assert extractor.head[0].in_features == 8 * (extractor.tokenizer.num_tokens if pool == "flatten" else 1)
 
 
 def test_lstm_forget_bias_sets_the_forget_gate_and_none_keeps_torch_init():

@@ -104,7 +104,7 @@ class TensorMemoryModelConfig(ModelConfig):
     n_layers: int = 1
     heads: int = 2
     group_size: int = 4
-    pool: str = "mean"
+    pool: str = "auto"
     image_stem: str = "auto"
     image_tokens: int = 8
     memory: MemoryGridConfig = field(default_factory=MemoryGridConfig)
