@@ -13,7 +13,9 @@ through the memory can learn, separate from PPO's credit assignment and explorat
   target drawn in the first 5 of 15, the arm still), made once with zero actions: 1,536 episodes to train
   on and 512 to score (``--delay`` does not apply: the env hides the target for the last 10). Squared
   error on the target's (x, y). Score: R^2 of the answer, 0 for the mean position. With ``--query 4`` the
-  answer is read at the last shown step instead: what the image encoder sees, without the memory.
+  answer is read at the last shown step instead: what the image encoder sees, without the memory. With
+  ``--every-step`` the squared error is summed over all 15 held steps, as a policy's loss comes at every
+  step (the score stays the query step's).
 
 Prints the score on 512 fresh episodes every ``--every`` iterations.
 
@@ -110,6 +112,8 @@ class Probe:
         self.pixel = args.task == "pixel"
         if args.reinforce and not self.spatial:
             raise SystemExit("--reinforce needs --task spatial (a continuous action)")
+        if args.every_step and not self.pixel:
+            raise SystemExit("--every-step needs --task pixel (the other tasks answer at their last step only)")
         if self.pixel:
             self.space = gym.spaces.Dict(
                 {
@@ -145,6 +149,8 @@ class Probe:
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.args.reinforce:
             return self._policy_gradient_loss(out, target)
+        if self.pixel and self.args.every_step:
+            return (out - target).pow(2).sum(-1).mean()
         if self.spatial or self.pixel:
             return (out[self.query] - target).pow(2).sum(-1).mean()
         return nn.functional.cross_entropy(out[-1], target)
@@ -231,6 +237,9 @@ def main() -> None:
     parser.add_argument("--n-cues", type=int, default=4)
     parser.add_argument("--delay", type=int, default=32)
     parser.add_argument("--query", type=int, default=14, choices=(4, 14), help="pixel task: the step answered")
+    parser.add_argument(
+        "--every-step", action="store_true", help="pixel task: the squared error at every held step, not one"
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--iterations", type=int, default=150)
@@ -262,6 +271,7 @@ def main() -> None:
             *args.memory,
             *(["--ortho-init"] if args.ortho_init else []),
             *(["--frozen"] if args.frozen else []),
+            *(["--every-step"] if args.every_step else []),
             *([f"--reinforce {args.reinforce}"] if args.reinforce else []),
         ]
     )

@@ -21,7 +21,7 @@ _SPEC.loader.exec_module(probe_recall)
 def _args(**overrides) -> argparse.Namespace:
     defaults = {"task": "cue", "model": "lstm", "kwargs": [], "memory": [], "normalize": False, "n_cues": 2,
                 "delay": 4, "batch": 16, "lr": 1e-2, "iterations": 30, "every": 10, "ortho_init": False,
-                "frozen": False, "reinforce": None, "query": 14}  # fmt: skip
+                "frozen": False, "reinforce": None, "query": 14, "every_step": False}  # fmt: skip
     return argparse.Namespace(**{**defaults, **overrides})
 
 
@@ -85,6 +85,13 @@ def test_pixel_probe_reads_the_held_steps_of_the_pixel_memory_reacher(monkeypatc
         assert torch.equal(scored_targets, targets[12:]) and scored["pixels"].max() <= 1.0
         curve = probe_recall.train(probe, seed=0)
         assert len(curve) == 1 and curve[0][1] <= 1.0
+        answers = targets[:4].expand(15, 4, 2).clone()
+        answers[0] += 1.0  # wrong at the first held step only
+        assert probe.loss(answers, targets[:4]) == 0
+        probe.args.every_step = True
+        assert torch.isclose(probe.loss(answers, targets[:4]), torch.tensor(2 / 15))
+    with pytest.raises(SystemExit, match="--every-step needs --task pixel"):
+        probe_recall.Probe(_args(every_step=True))
 
 
 def test_reinforce_probe_trains_a_gaussian_policy_from_the_query_or_every_step():
