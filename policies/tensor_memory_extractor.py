@@ -45,8 +45,9 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     ``pool="mean"`` averages the ``N`` tokens ``(B, d)``; ``pool="flatten"`` concatenates them ``(B, N * d)``,
     so the head sees which token carries what, as SB3's Nature CNN sees which cell of its last feature map
     does; ``pool="auto"`` (the default) flattens where the observation holds an image and averages otherwise.
-    Trained to recall the pixel memory reacher's hidden target, the extractor learns nothing with the mean
-    and carries it through 10 hidden frames with the concatenation (``scripts/probe_recall.py --task pixel``).
+    Trained to recall the pixel memory reacher's hidden target, the extractor carries it through 10 hidden
+    frames with the concatenation, and learns it later or not at all with the mean
+    (``scripts/probe_recall.py --task pixel``).
 
     The whole observation is one chunk by default (``chunk_size = N``), so every block makes one memory
     step per env step. State: the memory's ``{"h", "c"}``, each ``(B, C, D, H, W)``.
