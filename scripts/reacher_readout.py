@@ -7,9 +7,12 @@ statistics where it kept them), and run through the final model's actor features
 state. At every held step t a ridge regression from the features to the target's (x, y), fitted on half the
 episodes and scored on the other half, gives the held-out R^2: at the last step the target is shown
 (t = 4) it says whether the agent sees where the target is; at the last held step (t = 14) whether its
-memory still carries it, 10 steps after it was hidden. A memoryless agent reads about 0 there.
+memory still carries it, 10 steps after it was hidden. A memoryless agent reads about 0 there. With ``--grid``
+the readout is of a Tensor Memory's grid ``h`` after each step instead (every cell and channel, standardized,
+ridge 1): whether the memory holds the target where the features have lost it.
 
     python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
+    python scripts/reacher_readout.py --grid <a tensor_memory run>
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from tmem_agents.algos import MemoryPPO
 from tmem_agents.env_factory import make_envs, normalize
-from tmem_agents.policies.base import Obs, map_obs
+from tmem_agents.policies import RecurrentFeaturesExtractor, TensorMemoryExtractor
+from tmem_agents.policies.base import Obs, map_obs, obs_batch_size
 from tmem_agents.readout import ridge_r2
 from tmem_agents.run_folder import RunFolder, normalization_path
 
@@ -44,9 +48,22 @@ def _batch(venv: VecEnv, seed: int) -> tuple[list, np.ndarray]:
     return steps, targets
 
 
-def hold_features(run_dir: str, episodes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Actor features ``(hold_steps, episodes, F)`` of a run's final model over the held steps, and the
-    targets ``(episodes, 2)``."""
+def memory_grids(extractor: RecurrentFeaturesExtractor, obs: Obs) -> torch.Tensor:
+    """A Tensor Memory extractor's grid ``h`` after each step of episodes ``obs`` ``(T, B, ...)`` run from its
+    initial state, flattened: ``(T, B, C * D * H * W)``."""
+    if not isinstance(extractor, TensorMemoryExtractor):
+        raise SystemExit(f"--grid reads a Tensor Memory's grid; this run's extractor is {type(extractor).__name__}")
+    steps, batch = obs_batch_size(obs), obs_batch_size(map_obs(lambda x: x[0], obs))
+    state, grids = extractor.initial_state(batch), []
+    for t in range(steps):
+        _, state = extractor.forward_step(map_obs(lambda x, t=t: x[t], obs), state)
+        grids.append(state["h"].flatten(1))
+    return torch.stack(grids)
+
+
+def hold_features(run_dir: str, episodes: int, grid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actor features ``(hold_steps, episodes, F)`` of a run's final model over the held steps (with ``grid``, its
+    Tensor Memory's grids, :func:`memory_grids`), and the targets ``(episodes, 2)``."""
     run = RunFolder(run_dir)
     run.require_config("run_dir")
     train_cfg = OmegaConf.load(run.config)
@@ -66,15 +83,19 @@ def hold_features(run_dir: str, episodes: int) -> tuple[torch.Tensor, torch.Tens
         obs: Obs = preprocess_obs(flat, policy.observation_space, normalize_images=policy.normalize_images)
         obs = map_obs(lambda x: x.view(-1, BATCH, *x.shape[1:]), obs)
         with torch.no_grad():
-            features.append(policy.pi_features_extractor.episodes(obs))
+            extractor = policy.pi_features_extractor
+            features.append(memory_grids(extractor, obs) if grid else extractor.episodes(obs))
         targets.append(torch.as_tensor(batch_targets))
     venv.close()
     return torch.cat(features, dim=1)[:, :episodes], torch.cat(targets)[:episodes]
 
 
-def readout(run_dir: str, episodes: int) -> list[float]:
-    """Held-out R^2 of the target's (x, y) from the features at each held step, for one run."""
-    features, targets = hold_features(run_dir, episodes)
+def readout(run_dir: str, episodes: int, grid: bool = False) -> list[float]:
+    """Held-out R^2 of the target's (x, y) from the features (or, with ``grid``, the memory's grid) at each held
+    step, for one run."""
+    features, targets = hold_features(run_dir, episodes, grid)
+    if grid:
+        return [ridge_r2((step - step.mean(0)) / (step.std(0) + 1e-6), targets, ridge=1.0) for step in features]
     return [ridge_r2(step, targets) for step in features]
 
 
@@ -82,13 +103,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of the two memory reachers")
     parser.add_argument("--episodes", type=int, default=1024, help="episodes (a multiple of 64 is used whole)")
+    parser.add_argument("--grid", action="store_true", help="read a Tensor Memory's grid h, not the features")
     args = parser.parse_args()
     if args.episodes < 2 * BATCH:
         parser.error(f"--episodes must be at least {2 * BATCH}, got {args.episodes}")
     torch.set_num_threads(1)
     for run_dir in args.runs:
-        r2 = readout(run_dir, args.episodes)
-        print(f"{run_dir}: R^2 of the target by held step: " + " ".join(f"{value:.2f}" for value in r2))
+        r2 = readout(run_dir, args.episodes, args.grid)
+        source = "grid" if args.grid else "features"
+        print(f"{run_dir}: R^2 of the target from its {source} by held step: " + " ".join(f"{v:.2f}" for v in r2))
         print(f"  shown (t = 4): {r2[4]:.2f}; hidden 10 steps (t = {len(r2) - 1}): {r2[-1]:.2f}")
 
 

@@ -167,12 +167,16 @@ def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_pa
     tiny = ["env=memory_reacher_hold", "algo=ppo_mujoco", "algo.n_envs=2", "algo.n_steps=64", "algo.batch_size=64",
             "algo.bptt_len=16", "total_timesteps=128", "progress_bar=false", "log_formats=[csv]",
             "checkpoint_freq=1000000", "eval_freq=0", "final_eval_episodes=0"]  # fmt: skip
-    for model in ("mlp", "lstm"):
+    for model in ("mlp", "lstm", "tensor_memory"):
         train_main([*tiny, f"model={model}", f"hydra.run.dir={tmp_path / model}"])
     memoryless, lstm = (reacher_readout.readout(str(tmp_path / model), 128) for model in ("mlp", "lstm"))
     assert len(memoryless) == len(lstm) == 15
     assert memoryless[4] > 0.9 and lstm[4] > 0.9  # the target is in the observation until t = 4
     assert memoryless[-1] < 0.1 < 0.5 < lstm[-1]
+    grid = reacher_readout.readout(str(tmp_path / "tensor_memory"), 128, grid=True)
+    assert len(grid) == 15 and grid[4] > 0.5  # the memory's grid holds the shown target
+    with pytest.raises(SystemExit, match="--grid reads a Tensor Memory's grid; this run's extractor is LSTM"):
+        reacher_readout.readout(str(tmp_path / "lstm"), 128, grid=True)
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.yaml").write_text("env:\n  id: tmem/CueRecall-v0\n")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def ridge_r2(features: torch.Tensor, target: torch.Tensor) -> float:
+def ridge_r2(features: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> float:
     """Held-out R^2 (mean over the target's columns) of a ridge readout of ``target`` ``(B, k)`` from ``features``
-    ``(B, F)``: fitted on the first half of the rows, scored on the second."""
+    ``(B, F)`` with penalty ``ridge``: fitted on the first half of the rows, scored on the second."""
     x = torch.cat([features.double(), torch.ones(len(features), 1, dtype=torch.float64)], dim=1)
     y = target.double()
     half = len(x) // 2
-    ridge = 1e-3 * torch.eye(x.shape[1], dtype=x.dtype)
-    weights = torch.linalg.solve(x[:half].T @ x[:half] + ridge, x[:half].T @ y[:half])
+    penalty = ridge * torch.eye(x.shape[1], dtype=x.dtype)
+    weights = torch.linalg.solve(x[:half].T @ x[:half] + penalty, x[:half].T @ y[:half])
     residual = y[half:] - x[half:] @ weights
     return (1 - residual.pow(2).sum(0) / (y[half:] - y[half:].mean(0)).pow(2).sum(0)).mean().item()
