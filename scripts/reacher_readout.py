@@ -27,7 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from tmem_agents.algos import MemoryPPO
 from tmem_agents.env_factory import make_envs, normalize
-from tmem_agents.policies import RecurrentFeaturesExtractor, TensorMemoryExtractor
+from tmem_agents.policies import TensorMemoryExtractor
 from tmem_agents.policies.base import Obs, map_obs, obs_batch_size
 from tmem_agents.readout import ridge_r2
 from tmem_agents.run_folder import RunFolder, normalization_path
@@ -48,11 +48,9 @@ def _batch(venv: VecEnv, seed: int) -> tuple[list, np.ndarray]:
     return steps, targets
 
 
-def memory_grids(extractor: RecurrentFeaturesExtractor, obs: Obs) -> torch.Tensor:
+def memory_grids(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
     """A Tensor Memory extractor's grid ``h`` after each step of episodes ``obs`` ``(T, B, ...)`` run from its
     initial state, flattened: ``(T, B, C * D * H * W)``."""
-    if not isinstance(extractor, TensorMemoryExtractor):
-        raise SystemExit(f"--grid reads a Tensor Memory's grid; this run's extractor is {type(extractor).__name__}")
     steps, batch = obs_batch_size(obs), obs_batch_size(map_obs(lambda x: x[0], obs))
     state, grids = extractor.initial_state(batch), []
     for t in range(steps):
@@ -71,6 +69,9 @@ def hold_features(run_dir: str, episodes: int, grid: bool = False) -> tuple[torc
         raise SystemExit(f"{run_dir}: the run trained on {train_cfg.env.id}; this readout needs one of {TASKS}")
     model_path = run.model_path("final")
     policy = MemoryPPO.load(model_path, device="cpu").policy
+    extractor = policy.pi_features_extractor
+    if grid and not isinstance(extractor, TensorMemoryExtractor):
+        raise SystemExit(f"--grid reads a Tensor Memory's grid; this run's extractor is {type(extractor).__name__}")
     venv = normalize(make_envs(train_cfg.env, BATCH, seed=0), train_cfg.algo, normalization_path(model_path), False)
     features, targets = [], []
     for first in range(0, episodes, BATCH):
@@ -83,7 +84,6 @@ def hold_features(run_dir: str, episodes: int, grid: bool = False) -> tuple[torc
         obs: Obs = preprocess_obs(flat, policy.observation_space, normalize_images=policy.normalize_images)
         obs = map_obs(lambda x: x.view(-1, BATCH, *x.shape[1:]), obs)
         with torch.no_grad():
-            extractor = policy.pi_features_extractor
             features.append(memory_grids(extractor, obs) if grid else extractor.episodes(obs))
         targets.append(torch.as_tensor(batch_targets))
     venv.close()
