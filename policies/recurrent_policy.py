@@ -11,9 +11,15 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space, preprocess_obs
+from stable_baselines3.common.preprocessing import (
+    get_flattened_obs_dim,
+    is_image_space,
+    is_image_space_channels_first,
+    preprocess_obs,
+)
 from tensordict import TensorDict
 from torch import nn
+from torch.nn import functional as F
 
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, obs_batch_size
 from tmem_agents.policies.tensor_memory_extractor import TensorMemoryExtractor
@@ -28,16 +34,48 @@ class SequenceEvaluation(NamedTuple):
     features: torch.Tensor  # the actor's features (T, B, F)
 
 
+RECONSTRUCTED_IMAGE_SIDE = 16  # images are decoded average-pooled to at most 16 x 16 pixels per channel
+
+
+def _pooled_shape(space: spaces.Box) -> tuple[int, int, int]:
+    """``(channels, height, width)`` an image space is decoded at by the reconstruction loss."""
+    channels_first = is_image_space_channels_first(space)
+    channels, height, width = space.shape if channels_first else (space.shape[2], *space.shape[:2])
+    return channels, min(height, RECONSTRUCTED_IMAGE_SIDE), min(width, RECONSTRUCTED_IMAGE_SIDE)
+
+
+def _subspaces(space: gym.Space) -> dict[str | None, gym.Space]:
+    """The entries of a dict space by sorted key, or ``{None: space}``."""
+    if isinstance(space, spaces.Dict):
+        return {key: space.spaces[key] for key in sorted(space.spaces)}
+    return {None: space}
+
+
 def _observation_dim(space: gym.Space) -> int:
-    """Length of a flattened vector observation (or of all entries of a dict one); images are refused."""
-    subspaces = space.spaces.values() if isinstance(space, spaces.Dict) else [space]
-    for subspace in subspaces:
-        if is_image_space(subspace, check_channels=False):
-            raise ValueError(
-                f"observation reconstruction needs vector observations, got the image space {subspace}; "
-                "train image tasks with reconstruction_lags=() (algo.reconstruction_coef=0)"
-            )
-    return get_flattened_obs_dim(space)
+    """Length of the reconstruction target of one observation: a flattened vector (or dict entries), with each
+    image average-pooled to at most ``RECONSTRUCTED_IMAGE_SIDE`` pixels a side."""
+    return sum(
+        int(np.prod(_pooled_shape(sub))) if is_image_space(sub, check_channels=False) else get_flattened_obs_dim(sub)
+        for sub in _subspaces(space).values()
+    )
+
+
+def reconstruction_target(space: gym.Space, obs: Obs) -> torch.Tensor:
+    """What the reconstruction head decodes: preprocessed observations ``(N, ...)`` -> ``(N, obs_dim)``.
+
+    Vectors (one-hot for discrete spaces) are flattened; an image ``(N, C, H, W)`` or ``(N, H, W, C)``, already
+    scaled to ``[0, 1]``, is average-pooled to at most ``RECONSTRUCTED_IMAGE_SIDE`` pixels a side, so that a
+    linear head decodes where things were without a decoder network. Dict entries are concatenated by sorted key.
+    """
+    parts = []
+    for key, sub in _subspaces(space).items():
+        x = (obs if key is None else obs[key]).float()
+        if is_image_space(sub, check_channels=False):
+            if not is_image_space_channels_first(sub):
+                x = x.movedim(-1, -3)
+            x = F.adaptive_avg_pool2d(x, _pooled_shape(sub)[1:])
+        parts.append(x.flatten(1))
+    return torch.cat(parts, dim=-1)
 
 
 def check_lags(lags: Sequence[int]) -> tuple[int, ...]:
@@ -62,7 +100,8 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
     Args:
         reconstruction_lags: with lags ``(l_1, ...)``, a linear ``reconstruction_head`` decodes from the actor's
             features at step ``t`` the observations of steps ``t - l_1, ...`` of the same episode and stored
-            sequence (:meth:`reconstruction_loss`, an auxiliary loss that asks the memory to keep what it saw).
+            sequence (:meth:`reconstruction_loss`, an auxiliary loss that asks the memory to keep what it saw);
+            images are decoded average-pooled (:func:`reconstruction_target`).
     """
 
     def __init__(
@@ -188,8 +227,8 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         if self.reconstruction_head is None:
             raise RuntimeError("this policy was built without reconstruction_lags: it has no reconstruction head")
         steps, batch = episode_starts.shape
-        flat = map_obs(lambda x: x.reshape(steps, batch, -1).float(), self._preprocess(obs, (steps, batch)))
-        target = torch.cat([flat[key] for key in sorted(flat)], dim=-1) if isinstance(flat, dict) else flat
+        flat = map_obs(lambda x: x.flatten(0, 1), self._preprocess(obs, (steps, batch)))
+        target = reconstruction_target(self.observation_space, flat).view(steps, batch, -1)
         decoded = self.reconstruction_head(features).view(steps, batch, len(self.reconstruction_lags), -1)
         episode = episode_starts.cumsum(0)
         sums, counts = [], []

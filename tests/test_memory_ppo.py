@@ -16,7 +16,7 @@ from tmem_agents import MemoryPPO
 from tmem_agents.algos import NonFiniteError
 from tmem_agents.evaluation import evaluate
 from tmem_agents.policies import EXTRACTORS
-from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy
+from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy, reconstruction_target
 
 SMALL = {
     "tensor_memory": {"features_dim": 16, "token_dim": 16, "memory": {"grid": (3, 3, 3), "channels": 4}},
@@ -328,6 +328,31 @@ def test_reconstruction_head_decodes_dict_and_discrete_observations():
     torch.testing.assert_close(loss, expected)
 
 
+def test_reconstruction_decodes_images_average_pooled():
+    space = spaces.Dict({"pixels": spaces.Box(0, 255, (3, 64, 96), np.uint8), "proprio": spaces.Box(-1, 1, (2,))})
+    policy = RecurrentActorCriticPolicy(
+        space, spaces.Discrete(2), lambda _: 1e-3, features_extractor_class=EXTRACTORS["mlp"], reconstruction_lags=(1,)
+    )
+    assert policy.reconstruction_head.out_features == 3 * 16 * 16 + 2
+    frames = torch.zeros(2, 1, 3, 64, 96, dtype=torch.uint8)
+    frames[0, 0, :, 5, 7] = 255  # one white pixel in row 5, column 7 of step 0
+    obs = {"pixels": frames, "proprio": torch.tensor([[[0.5, -0.5]], [[0.0, 0.0]]])}
+    features = torch.zeros(2, 1, policy.features_dim)
+    with torch.no_grad():
+        policy.reconstruction_head.weight.zero_()
+        policy.reconstruction_head.bias.zero_()
+    # 64 x 96 pooled to 16 x 16: cells of 4 x 6 pixels; the white pixel lies in cell (1, 1) of each channel
+    target = torch.zeros(3, 16, 16)
+    target[:, 1, 1] = 1 / 24
+    expected = torch.cat([target.flatten(), torch.tensor([0.5, -0.5])]).pow(2).mean()
+    loss = policy.reconstruction_loss(obs, features, torch.tensor([[1.0], [0.0]]), torch.ones(2, 1))
+    torch.testing.assert_close(loss, expected)
+    # channels last: the same cells, channels first in the target
+    last = spaces.Box(0, 255, (64, 96, 3), np.uint8)
+    scaled = frames[0].float() / 255
+    torch.testing.assert_close(reconstruction_target(last, scaled.movedim(1, -1)), target.flatten()[None])
+
+
 def test_reconstruction_loss_trains_the_extractor_and_is_logged(tmp_path):
     env = make_vec_env(ToyEnv, n_envs=2, seed=0)
     model = _model(env, "tensor_memory", n_steps=16, reconstruction_coef=1.0, reconstruction_lags=(1, 2))
@@ -376,12 +401,3 @@ def test_reconstruction_off_builds_no_head_and_bad_lags_raise():
         1,
         3,
     )
-    image = spaces.Box(0, 255, (3, 64, 64), np.uint8)
-    with pytest.raises(ValueError, match="vector observations"):
-        RecurrentActorCriticPolicy(
-            image,
-            spaces.Discrete(2),
-            lambda _: 1e-3,
-            features_extractor_class=EXTRACTORS["mlp"],
-            reconstruction_lags=(1,),
-        )
