@@ -35,6 +35,7 @@ class SequenceEvaluation(NamedTuple):
 
 
 RECONSTRUCTED_IMAGE_SIDE = 16  # images are decoded average-pooled to at most 16 x 16 pixels per channel
+STANDARDIZE_EPS, STANDARDIZE_CLIP = 1e-8, 10.0  # a standardized reconstruction target: VecNormalize's defaults
 
 
 def _pooled_shape(space: spaces.Box) -> tuple[int, int, int]:
@@ -215,20 +216,32 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         return SequenceEvaluation(self.value_net(latent_vf).view(steps, batch), log_prob, entropy, pi_features)
 
     def reconstruction_loss(
-        self, obs: Obs, features: torch.Tensor, episode_starts: torch.Tensor, mask: torch.Tensor
+        self,
+        obs: Obs,
+        features: torch.Tensor,
+        episode_starts: torch.Tensor,
+        mask: torch.Tensor,
+        standardize: bool = False,
     ) -> torch.Tensor:
         """Mean squared error of the observations ``reconstruction_lags`` steps back, decoded from ``features``.
 
         ``obs`` ``(T, B, ...)`` as stored, ``features`` ``(T, B, F)``, ``episode_starts`` and ``mask`` ``(T, B)``.
         Step ``t`` is scored for lag ``l`` only where ``t - l`` lies in the same sequence and episode and both
         steps are valid; each lag's error is averaged over its scored steps, and the lags that score any step
-        are averaged (0 when none does).
+        are averaged (0 when none does). With ``standardize`` each dimension of the target is standardized by
+        its mean and standard deviation over the valid steps and clipped to ``[-10, 10]``, as VecNormalize
+        treats observations, so that every dimension counts alike whatever its scale (a joint velocity, a
+        pooled pixel that a small object changes).
         """
         if self.reconstruction_head is None:
             raise RuntimeError("this policy was built without reconstruction_lags: it has no reconstruction head")
         steps, batch = episode_starts.shape
         flat = map_obs(lambda x: x.flatten(0, 1), self._preprocess(obs, (steps, batch)))
         target = reconstruction_target(self.observation_space, flat).view(steps, batch, -1)
+        if standardize:
+            rows = target[mask > 0]
+            scale = rows.var(0, unbiased=False).add(STANDARDIZE_EPS).sqrt()
+            target = ((target - rows.mean(0)) / scale).clamp(-STANDARDIZE_CLIP, STANDARDIZE_CLIP)
         decoded = self.reconstruction_head(features).view(steps, batch, len(self.reconstruction_lags), -1)
         episode = episode_starts.cumsum(0)
         sums, counts = [], []

@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tmem_agents import configs
+from tmem_agents.algos import MemoryPPO
 from tmem_agents.config_schema import compose
 from tmem_agents.env_factory import make_envs
 from tmem_agents.evaluate import main as eval_main
@@ -86,8 +87,9 @@ def test_same_seed_logs_identical_losses(tmp_path: Path) -> None:
 
 
 def test_reconstruction_options_reach_the_algorithm(tmp_path: Path) -> None:
-    options = ["algo.reconstruction_coef=0.5", "algo.reconstruction_lags=[1,3]"]
+    options = ["algo.reconstruction_coef=0.5", "algo.reconstruction_lags=[1,3]", "algo.reconstruction_standardize=true"]
     run = train(tmp_path / "run", "total_timesteps=256", "eval_freq=0", "model=gru", *options)
+    assert MemoryPPO.load(run.model_path("final")).reconstruction_standardize
     rows = [row for row in progress(run) if row["train/loss"]]
     assert rows and all(float(row["train/reconstruction_loss"]) > 0 for row in rows)
     config = OmegaConf.load(run.config)

@@ -304,6 +304,30 @@ def test_reconstruction_loss_scores_earlier_observations_of_the_same_episode_onl
     torch.testing.assert_close(alone, error[pairs].mean())
 
 
+def test_standardized_reconstruction_scores_each_dimension_in_its_own_units():
+    env = make_vec_env(ToyEnv, n_envs=2, seed=0)
+    policy = _model(env, "gru", bptt_len=16, reconstruction_coef=1.0, reconstruction_lags=(1, 3)).policy
+    generator = torch.Generator().manual_seed(1)
+    obs = torch.rand(10, 16, 3, generator=generator) * torch.tensor([1.0, 100.0, 0.01])  # three scales
+    obs[2, 1, 2] = 1.0  # a rare outlier, clipped to 10 standard deviations
+    features = torch.randn(10, 16, 16, generator=generator)
+    starts = torch.zeros(10, 16)
+    starts[0] = 1
+    mask = torch.ones(10, 16)
+    mask[7:, 2] = 0
+    starts[7:, 2] = 1
+    rows = obs[mask > 0]
+    standardized = ((obs - rows.mean(0)) / rows.var(0, unbiased=False).add(1e-8).sqrt()).clamp(-10, 10)
+    assert standardized[2, 1, 2] == 10
+    loss = policy.reconstruction_loss(obs, features, starts, mask, standardize=True)
+    torch.testing.assert_close(loss, _reconstruction_reference(policy, standardized, features, starts, mask))
+    # rescaling a dimension leaves the standardized loss as it is, and changes the raw one
+    rescaled = obs * torch.tensor([1.0, 1.0, 1e4])
+    torch.testing.assert_close(policy.reconstruction_loss(rescaled, features, starts, mask, standardize=True), loss)
+    raw = policy.reconstruction_loss(obs, features, starts, mask)
+    assert policy.reconstruction_loss(rescaled, features, starts, mask) > 10 * raw
+
+
 def test_reconstruction_head_decodes_dict_and_discrete_observations():
     space = spaces.Dict(
         {"pos": spaces.Box(-1, 1, (2,)), "cue": spaces.Discrete(4), "bits": spaces.MultiDiscrete([2, 3])}

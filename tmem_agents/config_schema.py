@@ -61,6 +61,7 @@ class AlgoConfig:
     bptt_len: int = 32
     reconstruction_coef: float = 0.0
     reconstruction_lags: list[int] = field(default_factory=lambda: [1])
+    reconstruction_standardize: bool = False
     normalize: bool = False
     norm_obs: bool = True
     norm_reward: bool = True

@@ -94,6 +94,7 @@ def build_model(cfg: DictConfig, env: VecEnv) -> MemoryPPO:
         bptt_len=algo.bptt_len,
         reconstruction_coef=algo.reconstruction_coef,
         reconstruction_lags=tuple(algo.reconstruction_lags),
+        reconstruction_standardize=algo.reconstruction_standardize,
         policy_kwargs=policy_kwargs,
         seed=cfg.seed,
         device=cfg.device,

@@ -78,6 +78,8 @@ class MemoryPPO(OnPolicyAlgorithm):
         reconstruction_coef: weight of the auxiliary loss that decodes earlier observations from the
             features (:meth:`RecurrentActorCriticPolicy.reconstruction_loss`); 0 turns it off.
         reconstruction_lags: how many steps back the decoded observations lie (each ``< bptt_len``).
+        reconstruction_standardize: score the decoded observations standardized per dimension over the
+            minibatch, so that large-scale dimensions do not drown the others.
 
     ``batch_size`` counts steps; a minibatch holds ``batch_size // bptt_len`` whole chunks.
     ``initial_ratio_error`` is the largest ``|ratio - 1|`` in the first minibatch of the latest ``train()``
@@ -112,6 +114,7 @@ class MemoryPPO(OnPolicyAlgorithm):
         check_finite: bool = True,
         reconstruction_coef: float = 0.0,
         reconstruction_lags: tuple[int, ...] = (1,),
+        reconstruction_standardize: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -170,6 +173,7 @@ class MemoryPPO(OnPolicyAlgorithm):
         self.check_finite = check_finite
         self.reconstruction_coef = float(reconstruction_coef)
         self.reconstruction_lags = reconstruction_lags
+        self.reconstruction_standardize = bool(reconstruction_standardize)
         self._last_state: TensorDict | None = None
         self.initial_ratio_error: float | None = None
         if _init_setup_model:
@@ -305,7 +309,7 @@ class MemoryPPO(OnPolicyAlgorithm):
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 if self.reconstruction_coef > 0:
                     reconstruction_loss = self.policy.reconstruction_loss(
-                        batch.observations, features, batch.episode_starts, mask
+                        batch.observations, features, batch.episode_starts, mask, self.reconstruction_standardize
                     )
                     loss = loss + self.reconstruction_coef * reconstruction_loss
                     reconstruction_losses.append(reconstruction_loss.item())
