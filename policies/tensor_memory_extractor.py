@@ -36,11 +36,12 @@ EXTRACTOR_MEMORY_DEFAULTS: dict[str, Any] = {
     "write_from": "block_input",
 }
 POOLS = ("auto", "mean", "flatten")
+HEAD_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     """obs -> tokens ``(B, N, d)`` -> ``n_layers`` x [pre-norm block + shared Tensor Memory] -> pool ->
-    ``Linear -> ReLU`` -> features ``(B, features_dim)``.
+    ``Linear -> ReLU`` (or ``Tanh``) -> features ``(B, features_dim)``.
 
     ``pool="mean"`` averages the ``N`` tokens ``(B, d)``; ``pool="flatten"`` concatenates them ``(B, N * d)``,
     so the head sees which token carries what, as SB3's Nature CNN sees which cell of its last feature map
@@ -56,6 +57,10 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     the baselines use, whose features see where a small object lies; ``"patches"`` one token per cell of an
     8x8 conv grid; ``"auto"`` the Nature CNN for images of at least 36x36 pixels, else the patches
     (:mod:`tmem_agents.policies.tokenizers`).
+
+    ``head_activation="tanh"`` bounds the features as an LSTM's output is bounded, where a ReLU unit that
+    stops firing stays dead: on the pixel memory reacher 49-55 of the 64 ReLU features never fired on the held
+    steps after 300k PPO steps with the reconstruction loss, 27 without it (``docs/results.md``).
 
     Args:
         memory: a dict of :class:`TensorMemoryConfig` fields, applied over :data:`EXTRACTOR_MEMORY_DEFAULTS` and
@@ -74,12 +79,15 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         pool: str = "auto",
         image_stem: str = "auto",
         image_tokens: int = 8,
+        head_activation: str = "relu",
     ) -> None:
         super().__init__(observation_space, features_dim)
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if head_activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"head_activation must be one of {tuple(HEAD_ACTIVATIONS)}, got {head_activation!r}")
         self.tokenizer = make_tokenizer(observation_space, token_dim, group_size, image_stem, image_tokens)
         if not isinstance(memory, TensorMemoryConfig):
             fields = {**EXTRACTOR_MEMORY_DEFAULTS, "chunk_size": self.tokenizer.num_tokens, **(memory or {})}
@@ -99,7 +107,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.norm = nn.LayerNorm(token_dim)
         self.pool = ("flatten" if has_image(observation_space) else "mean") if pool == "auto" else pool
         pooled = token_dim * (num_tokens if self.pool == "flatten" else 1)
-        self.head = nn.Sequential(nn.Linear(pooled, features_dim), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(pooled, features_dim), HEAD_ACTIVATIONS[head_activation]())
 
     def restore_initialisation(self) -> None:
         """Give the memory back its own coordinate, content, spread and strength heads

@@ -204,6 +204,7 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         (["model=tensor_memory", "model.memory.grid=[1,4,4]"], "model.memory: TensorMemoryConfig.grid"),
         (["model=tensor_memory", "model.pool=max"], "model.pool='max': must be one of"),
         (["model=tensor_memory", "model.image_stem=vit"], "model.image_stem='vit': must be one of"),
+        (["model=tensor_memory", "model.head_activation=gelu"], "model.head_activation='gelu': must be one of"),
         (["model=tensor_memory", "model.image_tokens=0"], "model.image_tokens=0: must be >= 1"),
         (["algo.reconstruction_coef=-1"], "algo.reconstruction_coef=-1.0: must be >= 0"),
         (

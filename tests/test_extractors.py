@@ -5,6 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import preprocess_obs
+from torch import nn
 
 from tmem_agents.policies import EXTRACTORS, TensorMemoryExtractor
 from tmem_agents.policies.base import map_obs
@@ -180,6 +181,18 @@ def test_auto_pool_flattens_observations_with_an_image_and_averages_vectors():
         extractor = TensorMemoryExtractor(space, **KWARGS["tensor_memory"])
         assert extractor.pool == pool
         assert extractor.head[0].in_features == 8 * (extractor.tokenizer.num_tokens if pool == "flatten" else 1)
+
+
+def test_tanh_head_bounds_the_features_and_a_bad_activation_is_refused():
+    torch.manual_seed(0)
+    extractor = TensorMemoryExtractor(VECTOR, head_activation="tanh", **KWARGS["tensor_memory"])
+    assert isinstance(extractor.head[1], nn.Tanh)
+    with torch.no_grad():
+        extractor.head[0].bias.fill_(-5.0)  # every ReLU unit would be dead here
+    features = _assert_steps_match_the_sequence(extractor, _obs(VECTOR, 4, 2))
+    assert features.abs().max() < 1 and (features != 0).all()
+    with pytest.raises(ValueError, match="head_activation must be one of"):
+        TensorMemoryExtractor(VECTOR, head_activation="gelu")
 
 
 def test_lstm_forget_bias_sets_the_forget_gate_and_none_keeps_torch_init():

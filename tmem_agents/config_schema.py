@@ -108,6 +108,7 @@ class TensorMemoryModelConfig(ModelConfig):
     pool: str = "auto"
     image_stem: str = "auto"
     image_tokens: int = 8
+    head_activation: str = "relu"
     memory: MemoryGridConfig = field(default_factory=MemoryGridConfig)
 
 
@@ -304,11 +305,12 @@ def validate_train(cfg: DictConfig) -> None:
     if model.net_arch is not None and any(width < 1 for width in model.net_arch):
         _fail("model.net_arch", list(model.net_arch), "layer widths must be >= 1")
     if model.name == "tensor_memory":
-        from tmem_agents.policies.tensor_memory_extractor import POOLS
+        from tmem_agents.policies.tensor_memory_extractor import HEAD_ACTIVATIONS, POOLS
         from tmem_agents.policies.tokenizers import IMAGE_STEMS
 
         _one_of("model.pool", model.pool, POOLS)
         _one_of("model.image_stem", model.image_stem, IMAGE_STEMS)
+        _one_of("model.head_activation", model.head_activation, tuple(HEAD_ACTIVATIONS))
         _at_least(model, "model.", ("token_dim", "n_layers", "heads", "group_size", "image_tokens"), 1)
         _check_memory(model.memory)
     validate_env(cfg.env)
