@@ -9,7 +9,8 @@ episodes and scored on the other half, gives the held-out R^2: at the last step 
 (t = 4) it says whether the agent sees where the target is; at the last held step (t = 14) whether its
 memory still carries it, 10 steps after it was hidden. A memoryless agent reads about 0 there. With ``--grid``
 the readout is of a Tensor Memory's grid ``h`` after each step instead (every cell and channel, standardized,
-ridge 1): whether the memory holds the target where the features have lost it.
+ridge 1): whether the memory holds the target where the features have lost it. The count of features that
+are 0 at every held step of every episode (a ReLU unit that no longer fires) closes each run's report.
 
     python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
     python scripts/reacher_readout.py --grid <a tensor_memory run>
@@ -90,13 +91,23 @@ def hold_features(run_dir: str, episodes: int, grid: bool = False) -> tuple[torc
     return torch.cat(features, dim=1)[:, :episodes], torch.cat(targets)[:episodes]
 
 
-def readout(run_dir: str, episodes: int, grid: bool = False) -> list[float]:
-    """Held-out R^2 of the target's (x, y) from the features (or, with ``grid``, the memory's grid) at each held
-    step, for one run."""
-    features, targets = hold_features(run_dir, episodes, grid)
+def r2_by_step(features: torch.Tensor, targets: torch.Tensor, grid: bool = False) -> list[float]:
+    """Held-out R^2 of ``targets`` ``(B, 2)`` from ``features`` ``(T, B, F)`` at each step (a grid's numbers
+    standardized, ridge 1)."""
     if grid:
         return [ridge_r2((step - step.mean(0)) / (step.std(0) + 1e-6), targets, ridge=1.0) for step in features]
     return [ridge_r2(step, targets) for step in features]
+
+
+def readout(run_dir: str, episodes: int, grid: bool = False) -> list[float]:
+    """Held-out R^2 of the target's (x, y) from the features (or, with ``grid``, the memory's grid) at each held
+    step, for one run."""
+    return r2_by_step(*hold_features(run_dir, episodes, grid), grid)
+
+
+def never_active(features: torch.Tensor) -> int:
+    """How many of the features ``(T, B, F)`` are exactly 0 at every step of every episode (dead ReLU units)."""
+    return int((features != 0).flatten(0, 1).any(0).logical_not().sum())
 
 
 def main() -> None:
@@ -109,10 +120,13 @@ def main() -> None:
         parser.error(f"--episodes must be at least {2 * BATCH}, got {args.episodes}")
     torch.set_num_threads(1)
     for run_dir in args.runs:
-        r2 = readout(run_dir, args.episodes, args.grid)
+        features, targets = hold_features(run_dir, args.episodes, args.grid)
+        r2 = r2_by_step(features, targets, args.grid)
         source = "grid" if args.grid else "features"
         print(f"{run_dir}: R^2 of the target from its {source} by held step: " + " ".join(f"{v:.2f}" for v in r2))
         print(f"  shown (t = 4): {r2[4]:.2f}; hidden 10 steps (t = {len(r2) - 1}): {r2[-1]:.2f}")
+        if not args.grid:
+            print(f"  features never active on the held steps: {never_active(features)} of {features.shape[-1]}")
 
 
 if __name__ == "__main__":
