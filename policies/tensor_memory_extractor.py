@@ -60,7 +60,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
 
     ``head_activation="tanh"`` bounds the features as an LSTM's output is bounded, where a ReLU unit that
     stops firing stays dead: on the pixel memory reacher 49-55 of the 64 ReLU features never fired on the held
-    steps after 300k PPO steps with the reconstruction loss, 27 without it (``docs/results.md``).
+    steps after 300k PPO steps with the reconstruction loss, 26 without it (``docs/results.md``).
 
     Args:
         memory: a dict of :class:`TensorMemoryConfig` fields, applied over :data:`EXTRACTOR_MEMORY_DEFAULTS` and
