@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, obs_batch_size
 from tmem_agents.policies.tensor_memory_extractor import TensorMemoryExtractor
+from tmem_agents.policies.tokenizers import image_chw
 
 
 class SequenceEvaluation(NamedTuple):
@@ -40,8 +41,7 @@ STANDARDIZE_EPS, STANDARDIZE_CLIP = 1e-8, 10.0  # a standardized reconstruction 
 
 def _pooled_shape(space: spaces.Box) -> tuple[int, int, int]:
     """``(channels, height, width)`` an image space is decoded at by the reconstruction loss."""
-    channels_first = is_image_space_channels_first(space)
-    channels, height, width = space.shape if channels_first else (space.shape[2], *space.shape[:2])
+    channels, height, width = image_chw(space)
     return channels, min(height, RECONSTRUCTED_IMAGE_SIDE), min(width, RECONSTRUCTED_IMAGE_SIDE)
 
 
