@@ -15,15 +15,17 @@ from tmem_agents.state import reset_state
 class RNNExtractor(RecurrentFeaturesExtractor):
     """SB3's encoder, then a one-layer LSTM or GRU of ``features_dim`` units; the features are its output.
 
+    Images are encoded by ``image_encoder`` (:data:`~tmem_agents.policies.encoders.IMAGE_ENCODERS`).
+
     State: ``{"h": (B, F)}`` (GRU) or ``{"h", "c"}`` (LSTM). The sequence form encodes all ``T * B``
     observations in one batch and runs the cell through time, zeroing the state where episodes start.
     """
 
     cell_type = "lstm"
 
-    def __init__(self, observation_space: gym.Space, features_dim: int = 64) -> None:
+    def __init__(self, observation_space: gym.Space, features_dim: int = 64, image_encoder: str = "nature_cnn") -> None:
         super().__init__(observation_space, features_dim)
-        self.encoder = base_encoder(observation_space)
+        self.encoder = base_encoder(observation_space, image_kind=image_encoder)
         rnn = nn.LSTM if self.cell_type == "lstm" else nn.GRU
         self.rnn = rnn(int(self.encoder.features_dim), features_dim)  # SB3 sums dict sizes as numpy ints
         self.keys = ("h", "c") if self.cell_type == "lstm" else ("h",)
@@ -68,8 +70,14 @@ class LSTMExtractor(RNNExtractor):
 
     cell_type = "lstm"
 
-    def __init__(self, observation_space: gym.Space, features_dim: int = 64, forget_bias: float | None = None) -> None:
-        super().__init__(observation_space, features_dim)
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        features_dim: int = 64,
+        forget_bias: float | None = None,
+        image_encoder: str = "nature_cnn",
+    ) -> None:
+        super().__init__(observation_space, features_dim, image_encoder)
         if forget_bias is not None:
             with torch.no_grad():
                 for bias in (self.rnn.bias_ih_l0, self.rnn.bias_hh_l0):

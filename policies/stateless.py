@@ -11,14 +11,14 @@ from tmem_agents.policies.encoders import base_encoder, mlp
 
 
 class StatelessExtractor(RecurrentFeaturesExtractor):
-    """No memory: SB3's encoder (flatten, Nature CNN or combined) then ``Linear -> ReLU`` to ``features_dim``.
+    """No memory: SB3's encoder (flatten, an image encoder or combined) then ``Linear -> ReLU`` to ``features_dim``.
 
     Its state is empty, and its sequence form runs all ``T * B`` observations in one batch.
     """
 
-    def __init__(self, observation_space: gym.Space, features_dim: int = 64) -> None:
+    def __init__(self, observation_space: gym.Space, features_dim: int = 64, image_encoder: str = "nature_cnn") -> None:
         super().__init__(observation_space, features_dim)
-        self.encoder = base_encoder(observation_space)
+        self.encoder = base_encoder(observation_space, image_kind=image_encoder)
         self.head = mlp(self.encoder.features_dim, (features_dim,))
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:

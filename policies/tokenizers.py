@@ -2,9 +2,10 @@
 
 * vectors: consecutive groups of ``group_size`` dims, each group with its own projection;
 * images, ``image_stem="nature_cnn"``: SB3's Nature CNN, the baselines' encoder, its features cut into
-  ``image_tokens`` tokens; ``image_stem="patches"``: a stride-2 conv stem down to at most 8x8 cells, one token
-  per cell, plus learned positions; ``"auto"`` (the default): the Nature CNN where the image is at least
-  36x36 pixels, the patches below;
+  ``image_tokens`` tokens; ``"spatial_softmax"``: the same with the keypoint encoder
+  (:class:`~tmem_agents.policies.encoders.SpatialSoftmaxCNN`); ``image_stem="patches"``: a stride-2 conv stem
+  down to at most 8x8 cells, one token per cell, plus learned positions; ``"auto"`` (the default): the Nature
+  CNN where the image is at least 36x36 pixels, the patches below;
 * dicts: each key tokenized, plus a learned key embedding, all concatenated.
 """
 
@@ -18,13 +19,12 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space, is_image_space_channels_first
-from stable_baselines3.common.torch_layers import NatureCNN
 from torch import nn
 
-from tmem_agents.policies.encoders import check_observation_space
+from tmem_agents.policies.encoders import check_observation_space, image_encoder
 
 MAX_IMAGE_GRID = 8
-IMAGE_STEMS = ("auto", "nature_cnn", "patches")
+IMAGE_STEMS = ("auto", "nature_cnn", "spatial_softmax", "patches")
 NATURE_CNN_MIN_SIZE = 36
 
 
@@ -93,15 +93,19 @@ class ImageTokenizer(nn.Module):
         return self.stem(obs).flatten(2).transpose(1, 2) + self.position
 
 
-class NatureCNNTokenizer(nn.Module):
-    """Images ``(B, C, H, W)`` (or HWC, transposed here) -> SB3's Nature CNN -> ``num_tokens`` tokens ``(B, n, d)``.
+class CNNTokenizer(nn.Module):
+    """Images ``(B, C, H, W)`` (or HWC, transposed here) -> an image encoder -> ``num_tokens`` tokens ``(B, n, d)``.
 
-    The CNN's last linear layer reads every cell of its final feature map, so where a small object lies
-    reaches every feature, as it does for the baselines that use the same encoder; the patch stem's tokens
-    carry it only in which token lights up. The ``n * d`` features are cut into ``n`` tokens of ``d``.
+    ``kind="nature_cnn"``: SB3's Nature CNN, whose last linear layer reads every cell of its final feature map,
+    so where a small object lies reaches every feature, as it does for the baselines that use the same
+    encoder; the patch stem's tokens carry it only in which token lights up. ``kind="spatial_softmax"``:
+    :class:`~tmem_agents.policies.encoders.SpatialSoftmaxCNN`, whose features are linear in its keypoints'
+    positions. The ``n * d`` features are cut into ``n`` tokens of ``d``.
     """
 
-    def __init__(self, observation_space: spaces.Box, token_dim: int, num_tokens: int = 8) -> None:
+    def __init__(
+        self, observation_space: spaces.Box, token_dim: int, num_tokens: int = 8, kind: str = "nature_cnn"
+    ) -> None:
         super().__init__()
         if num_tokens < 1:
             raise ValueError(f"image_tokens must be >= 1, got {num_tokens}")
@@ -109,14 +113,14 @@ class NatureCNNTokenizer(nn.Module):
         shape = image_chw(observation_space)
         if not self.channels_first:
             observation_space = spaces.Box(0, 255, shape, observation_space.dtype)
-        if min(shape[1:]) < NATURE_CNN_MIN_SIZE:
+        if kind == "nature_cnn" and min(shape[1:]) < NATURE_CNN_MIN_SIZE:
             raise ValueError(
                 f"image_stem='nature_cnn' needs images of at least {NATURE_CNN_MIN_SIZE}x{NATURE_CNN_MIN_SIZE} "
                 f"pixels, got {shape[1]}x{shape[2]}; use image_stem='patches' for smaller images"
             )
         self.num_tokens = num_tokens
         self.token_dim = token_dim
-        self.cnn = NatureCNN(observation_space, features_dim=num_tokens * token_dim)
+        self.cnn = image_encoder(observation_space, num_tokens * token_dim, kind)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if not self.channels_first:
@@ -150,8 +154,9 @@ def make_tokenizer(
     """The tokenizer for a space; each has ``num_tokens`` and maps a preprocessed batch to ``(B, N, d)``.
 
     ``image_stem`` (one of :data:`IMAGE_STEMS`) picks the images' tokenizer; ``image_tokens`` is the number of
-    tokens of the ``nature_cnn`` stem. Supervised, the Nature CNN finds a small object in a 64x64 frame where
-    the patch stem's averaged tokens do not, and it trains several times faster (``scripts/image_stem_check.py``).
+    tokens of the ``nature_cnn`` and ``spatial_softmax`` stems. Supervised, the Nature CNN finds a small object
+    in a 64x64 frame where the patch stem's averaged tokens do not, and it trains several times faster
+    (``scripts/image_stem_check.py``).
     """
     check_observation_space(observation_space)
     if image_stem not in IMAGE_STEMS:
@@ -162,7 +167,7 @@ def make_tokenizer(
         if image_stem == "auto":
             small = min(image_chw(observation_space)[1:]) < NATURE_CNN_MIN_SIZE
             image_stem = "patches" if small else "nature_cnn"
-        if image_stem == "nature_cnn":
-            return NatureCNNTokenizer(observation_space, token_dim, image_tokens)
-        return ImageTokenizer(observation_space, token_dim)
+        if image_stem == "patches":
+            return ImageTokenizer(observation_space, token_dim)
+        return CNNTokenizer(observation_space, token_dim, image_tokens, image_stem)
     return VectorTokenizer(get_flattened_obs_dim(observation_space), token_dim, group_size)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from tmem_agents import configs
@@ -94,6 +95,14 @@ def test_reconstruction_options_reach_the_algorithm(tmp_path: Path) -> None:
     assert rows and all(float(row["train/reconstruction_loss"]) > 0 for row in rows)
     config = OmegaConf.load(run.config)
     assert config.algo.reconstruction_coef == 0.5 and list(config.algo.reconstruction_lags) == [1, 3]
+
+
+def test_log_std_init_sets_the_gaussian_policys_start(tmp_path: Path) -> None:
+    run = train(
+        tmp_path / "run", "total_timesteps=256", "eval_freq=0", "env=pendulum_occluded", "algo.log_std_init=-1.5"
+    )
+    log_std = MemoryPPO.load(run.model_path("final")).policy.log_std
+    assert torch.allclose(log_std, torch.full_like(log_std, -1.5), atol=0.05)
 
 
 def test_resume_continues_step_counter(tmp_path: Path) -> None:
@@ -206,7 +215,9 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         (["model=tensor_memory", "model.image_stem=vit"], "model.image_stem='vit': must be one of"),
         (["model=tensor_memory", "model.head_activation=gelu"], "model.head_activation='gelu': must be one of"),
         (["model=tensor_memory", "model.image_tokens=0"], "model.image_tokens=0: must be >= 1"),
+        (["model=lstm", "model.image_encoder=vit"], "model.image_encoder='vit': must be one of"),
         (["algo.reconstruction_coef=-1"], "algo.reconstruction_coef=-1.0: must be >= 0"),
+        (["algo.log_std_init=nan"], "algo.log_std_init=nan: must be a finite number"),
         (
             ["algo.reconstruction_coef=1", "algo.bptt_len=16", "algo.reconstruction_lags=[1,16]"],
             "each in [1, algo.bptt_len) = [1, 16)",

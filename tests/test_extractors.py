@@ -9,6 +9,7 @@ from torch import nn
 
 from tmem_agents.policies import EXTRACTORS, TensorMemoryExtractor
 from tmem_agents.policies.base import map_obs
+from tmem_agents.policies.encoders import SpatialSoftmaxCNN
 
 VECTOR = spaces.Box(-1, 1, (6,), np.float32)
 IMAGE = spaces.Box(0, 255, (3, 40, 44), np.uint8)
@@ -54,7 +55,7 @@ def test_sequence_equals_step_by_step_with_resets(name, space):
         assert torch.allclose(final[key], state[key], atol=1e-5)
 
 
-@pytest.mark.parametrize("image_stem", ["patches", "nature_cnn"])
+@pytest.mark.parametrize("image_stem", ["patches", "nature_cnn", "spatial_softmax"])
 def test_tensor_memory_tokenizes_images_and_dicts_and_uses_its_memory(image_stem):
     torch.manual_seed(0)
     for space in (IMAGE, spaces.Box(0, 255, (40, 44, 3), np.uint8), DICT):
@@ -67,8 +68,8 @@ def test_tensor_memory_tokenizes_images_and_dicts_and_uses_its_memory(image_stem
         assert not torch.allclose(fresh, carried), "features must depend on what the memory holds"
         reset, _ = extractor.step(obs, state, torch.ones(2))
         assert torch.allclose(reset, fresh, atol=1e-6)
-    # tokens of group_size (4) dims: bits (one-hot 2 + 3) 2, cue 1, pos 1; 8 (nature_cnn) or 5 x 5 cells (patches)
-    assert extractor.tokenizer.num_tokens == 2 + 1 + 1 + (8 if image_stem == "nature_cnn" else 5 * 5)
+    # tokens of group_size (4) dims: bits (one-hot 2 + 3) 2, cue 1, pos 1; 8 (the CNNs) or 5 x 5 cells (patches)
+    assert extractor.tokenizer.num_tokens == 2 + 1 + 1 + (5 * 5 if image_stem == "patches" else 8)
 
 
 def test_auto_image_stem_takes_the_nature_cnn_from_36_pixels():
@@ -143,9 +144,10 @@ def _assert_steps_match_the_sequence(extractor, obs) -> torch.Tensor:
     return features
 
 
-def test_nature_cnn_stem_cuts_the_baselines_encoder_into_tokens():
+@pytest.mark.parametrize("image_stem", ["nature_cnn", "spatial_softmax"])
+def test_cnn_stems_cut_an_image_encoder_into_tokens(image_stem):
     torch.manual_seed(0)
-    kwargs = {**KWARGS["tensor_memory"], "image_stem": "nature_cnn", "image_tokens": 3}
+    kwargs = {**KWARGS["tensor_memory"], "image_stem": image_stem, "image_tokens": 3}
     extractor = TensorMemoryExtractor(DICT, **kwargs)
     image = extractor.tokenizer.parts["img"]
     assert image.num_tokens == 3 and extractor.tokenizer.num_tokens == 2 + 1 + 1 + 3
@@ -157,6 +159,33 @@ def test_nature_cnn_stem_cuts_the_baselines_encoder_into_tokens():
     hwc = TensorMemoryExtractor(spaces.Box(0, 255, (40, 44, 3), np.uint8), **kwargs).tokenizer
     hwc.load_state_dict(image.state_dict())
     assert torch.allclose(hwc(obs["img"][0].permute(0, 2, 3, 1)), tokens)
+
+
+def test_spatial_softmax_finds_each_maps_peak_as_x_then_y():
+    encoder = SpatialSoftmaxCNN(IMAGE, features_dim=5, keypoints=2)
+    encoder.cnn = nn.Identity()  # the "images" below are the maps themselves
+    with torch.no_grad():
+        encoder.log_temperature.fill_(-5.0)
+    maps = torch.zeros(1, 2, 5, 9)
+    maps[0, 0, 1, 6] = 1.0  # row 1 of 5, column 6 of 9
+    points = encoder.keypoints(maps)
+    assert torch.allclose(points[0, 0], torch.tensor([-1 + 6 * 2 / 8, -1 + 1 * 2 / 4]), atol=1e-3)
+    assert torch.allclose(points[0, 1], torch.zeros(2), atol=1e-6), "a flat map's keypoint is the centre"
+    assert encoder(maps).shape == (1, 5)
+
+
+def test_baselines_take_the_spatial_softmax_encoder():
+    for space in (IMAGE, DICT):
+        for name in ("lstm", "mlp"):
+            extractor = EXTRACTORS[name](space, features_dim=12, image_encoder="spatial_softmax")
+            image = extractor.encoder if space is IMAGE else extractor.encoder.extractors["img"]
+            assert isinstance(image, SpatialSoftmaxCNN)
+            features, _ = extractor.step(
+                map_obs(lambda x: x[0], _obs(space, 1, 2)), extractor.initial_state(2), torch.zeros(2)
+            )
+            assert features.shape == (2, 12)
+    with pytest.raises(ValueError, match="image_encoder must be one of"):
+        EXTRACTORS["gru"](IMAGE, image_encoder="vit")
 
 
 def test_bad_image_stems_raise_clear_errors():

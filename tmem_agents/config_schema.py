@@ -9,6 +9,7 @@ Hydra's app, so the commands can check it before any folder is created.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class AlgoConfig:
     clip_range_vf: float | None = None
     normalize_advantage: bool = True
     ent_coef: float = 0.0
+    log_std_init: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     target_kl: float | None = None
@@ -113,7 +115,14 @@ class TensorMemoryModelConfig(ModelConfig):
 
 
 @dataclass
-class LSTMModelConfig(ModelConfig):
+class EncodedModelConfig(ModelConfig):
+    """A baseline on SB3's encoders, whose images take ``image_encoder`` (``nature_cnn`` or ``spatial_softmax``)."""
+
+    image_encoder: str = "nature_cnn"
+
+
+@dataclass
+class LSTMModelConfig(EncodedModelConfig):
     name: str = "lstm"
     forget_bias: float | None = None
 
@@ -173,8 +182,8 @@ class EvalConfig:
 MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
     "tensor_memory": TensorMemoryModelConfig,
     "lstm": LSTMModelConfig,
-    "gru": ModelConfig,
-    "mlp": ModelConfig,
+    "gru": EncodedModelConfig,
+    "mlp": EncodedModelConfig,
     "frame_stack": FrameStackModelConfig,
 }
 LOG_FORMATS = ("stdout", "csv", "tensorboard", "log", "json")
@@ -295,6 +304,12 @@ def validate_train(cfg: DictConfig) -> None:
     for name in ("gamma", "gae_lambda"):
         if not 0 <= algo[name] <= 1:
             _fail(f"algo.{name}", algo[name], "must lie in [0, 1]")
+    if not math.isfinite(algo.log_std_init):
+        _fail(
+            "algo.log_std_init",
+            algo.log_std_init,
+            "must be a finite number (the policy's log std at the start)",
+        )
     if algo.batch_size < algo.bptt_len:
         _fail("algo.batch_size", algo.batch_size, f"counts steps and must be >= algo.bptt_len ({algo.bptt_len})")
     _check_reconstruction(algo)
@@ -313,6 +328,10 @@ def validate_train(cfg: DictConfig) -> None:
         _one_of("model.head_activation", model.head_activation, tuple(HEAD_ACTIVATIONS))
         _at_least(model, "model.", ("token_dim", "n_layers", "heads", "group_size", "image_tokens"), 1)
         _check_memory(model.memory)
+    if "image_encoder" in model:
+        from tmem_agents.policies.encoders import IMAGE_ENCODERS
+
+        _one_of("model.image_encoder", model.image_encoder, IMAGE_ENCODERS)
     validate_env(cfg.env)
     if cfg.resume is not None:
         from tmem_agents.run_folder import RunFolder

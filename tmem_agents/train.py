@@ -72,6 +72,7 @@ def build_model(cfg: DictConfig, env: VecEnv) -> MemoryPPO:
         "features_extractor_class": EXTRACTORS[cfg.model.name],
         "features_extractor_kwargs": extractor_kwargs(cfg.model),
         "share_features_extractor": cfg.model.share_features_extractor,
+        "log_std_init": algo.log_std_init,
     }
     if cfg.model.net_arch is not None:
         policy_kwargs["net_arch"] = list(cfg.model.net_arch)
