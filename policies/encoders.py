@@ -86,9 +86,10 @@ def base_encoder(
     check_observation_space(observation_space)
     if isinstance(observation_space, spaces.Dict):
         encoder = CombinedExtractor(observation_space, cnn_output_dim=cnn_features)
-        for key, sub in observation_space.spaces.items():
-            if key in encoder.extractors and isinstance(encoder.extractors[key], NatureCNN):
-                encoder.extractors[key] = image_encoder(sub, cnn_features, image_kind)
+        if image_kind != "nature_cnn":  # SB3 builds a Nature CNN per image; swap in the other encoder
+            for key, sub in observation_space.spaces.items():
+                if isinstance(encoder.extractors[key], NatureCNN):
+                    encoder.extractors[key] = image_encoder(sub, cnn_features, image_kind)
         return encoder
     if is_image_space(observation_space, check_channels=False):
         return image_encoder(observation_space, cnn_features, image_kind)
