@@ -150,6 +150,26 @@ def test_a_read_cube_reads_the_eight_corners_around_the_read_location():
     assert torch.allclose(reads["read"][:, 0, 0], expected.transpose(1, 2).flatten(1), atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", ["1", "0"])
+@pytest.mark.parametrize("per_token", [False, True])
+def test_a_grid_read_reads_every_cell_of_the_state_before_the_write(monkeypatch, kernel, per_token):
+    """Training and rollouts (no grad: the scan with the C kernel, one step per chunk without it) alike."""
+    monkeypatch.setenv("TMEM_CPU_KERNEL", kernel)
+    memory = _memory(chunk_size=2, read_grid=True, read_norm=True, local_update=True, per_token=per_token)
+    assert memory.out_proj.in_features == 4 * 64 and memory.read_norm.normalized_shape == (4 * 64,)
+    state = memory.init_state(2).apply(lambda t: torch.randn_like(t))
+    tokens = torch.randn(2, 4, 8)
+    starts = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    out, new_state = memory(tokens, state, starts)
+    _, first = memory(tokens[:, :2], state)
+    second_read = first["h"] * torch.tensor([1.0, 0.0]).view(2, 1, 1, 1, 1)  # env 1 starts an episode
+    expected = memory.out_proj(memory.read_norm(torch.stack([state["h"], second_read], dim=1).flatten(2)))
+    assert torch.allclose(out, expected.repeat_interleave(2, dim=1), atol=1e-5)
+    with torch.no_grad():
+        out_no_grad, state_no_grad = memory(tokens, state, starts)
+    assert torch.allclose(out, out_no_grad, atol=1e-5) and torch.allclose(new_state["h"], state_no_grad["h"], atol=1e-5)
+
+
 @pytest.mark.parametrize("local", [False, True])
 def test_per_token_every_token_reads_its_place_and_padding_writes_nothing(local):
     memory = _memory(chunk_size=2, per_token=True, local_update=local, backend="torch")
@@ -235,11 +255,17 @@ def test_bad_inputs_raise_clear_errors():
         ("strength_bias_init", float("inf")),
         ("write_from", "tokens"),
         ("read_cube", -0.5),
+        ("read_grid", "yes"),
     ],
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         TensorMemoryConfig(**{field: value})
+
+
+def test_a_grid_read_and_a_read_cube_are_refused_together():
+    with pytest.raises(ValueError, match="read_grid reads every cell, so read_cube must be 0"):
+        TensorMemoryConfig(read_grid=True, read_cube=0.5)
 
 
 def test_boolean_chunk_starts_and_numpy_resets():

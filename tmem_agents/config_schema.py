@@ -95,6 +95,7 @@ class MemoryGridConfig:
     strength_bias_init: float = -2.0
     read_norm: bool = True
     read_cube: float = 0.0
+    read_grid: bool = False
     per_token: bool = False
     write_from: str = "block_input"
     backend: str = "auto"

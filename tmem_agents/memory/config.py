@@ -38,6 +38,10 @@ class TensorMemoryConfig:
             corners of the cube of half-width ``delta`` around the read location (grid units) and concatenates
             the 8 reads (``8 C`` channels into ``read_norm`` and ``out_proj``): a read then sees a
             neighbourhood of the grid, not one point.
+        read_grid: ``True`` reads the whole grid: the read is ``h`` itself, flattened (``C * D * H * W``
+            numbers into ``read_norm`` and ``out_proj``), so ``out_proj`` is a learned readout of every cell and
+            nothing the grid holds is lost to where the read lands. The read location is then unused; the
+            shared coordinate head still places the writes. ``False`` (reference): a trilinear read.
         per_token: ``False`` (reference): a chunk's first token reads, and the chunk makes one write, projected
             from all its tokens, its read broadcast back to every token. ``True``: every token of a chunk reads at
             its own location and writes from its own write input (its own location, content, spread and
@@ -67,6 +71,7 @@ class TensorMemoryConfig:
     strength_bias_init: float = 0.0
     read_norm: bool = False
     read_cube: float = 0.0
+    read_grid: bool = False
     per_token: bool = False
     write_from: str = "memory_input"
     padding_mode: str = "border"
@@ -89,7 +94,7 @@ class TensorMemoryConfig:
         _require_finite("sigma_bias_init", self.sigma_bias_init)
         _require_finite("gate_init", self.gate_init)
         _require_finite("forget_bias_init", self.forget_bias_init)
-        for name in ("local_update", "read_norm", "per_token"):
+        for name in ("local_update", "read_norm", "read_grid", "per_token"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TensorMemoryConfig.{name} must be true or false; got {getattr(self, name)!r}")
         _require_finite("strength_bias_init", self.strength_bias_init)
@@ -98,6 +103,10 @@ class TensorMemoryConfig:
         _require_finite("read_cube", self.read_cube)
         if self.read_cube < 0:
             raise ValueError(f"TensorMemoryConfig.read_cube must be >= 0; got {self.read_cube!r}")
+        if self.read_grid and self.read_cube > 0:
+            raise ValueError(
+                f"TensorMemoryConfig.read_grid reads every cell, so read_cube must be 0 with it; got {self.read_cube!r}"
+            )
         if self.write_from not in WRITE_SOURCES:
             raise ValueError(f"TensorMemoryConfig.write_from must be one of {WRITE_SOURCES}; got {self.write_from!r}")
         if self.padding_mode not in PADDING_MODES:

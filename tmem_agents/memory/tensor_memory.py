@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
@@ -24,7 +26,7 @@ class TensorMemory(nn.Module):
     ``x_w``. One coordinate head serves both, ``p = tanh(W_coord x)`` in ``[-1, 1]^3`` as ``(x, y, z)`` indexing
     ``(W, H, D)``, so a token that wrote at ``p`` reads from ``p`` when seen again. The write carries ``v = W_v
     x_w`` with spread ``sigma = sigma_scale * (softplus(w_s x_w) + 1e-4)``. Each step reads ``h`` at ``p_r`` (or at
-    the 8 corners of a cube around it, ``read_cube``), then writes and updates
+    the 8 corners of a cube around it, ``read_cube``; or reads every cell, ``read_grid``), then writes and updates
     (:func:`tmem_agents.ops.memory_step`). The chunk's read vector is projected back to ``d`` (``out_proj``) and
     broadcast to its tokens. With ``per_token`` every token of the chunk is a read input and (projected on its
     own) a write input, and receives its own read. The state's size never depends on the horizon.
@@ -57,7 +59,7 @@ class TensorMemory(nn.Module):
         corners = torch.tensor([[x, y, z] for z in (-1.0, 1.0) for y in (-1.0, 1.0) for x in (-1.0, 1.0)])
         offsets = config.read_cube * corners if config.read_cube > 0 else torch.zeros(1, 3)
         self.register_buffer("read_offsets", offsets, persistent=False)
-        read_width = len(offsets) * channels
+        read_width = channels * (math.prod(config.grid) if config.read_grid else len(offsets))
         self.read_norm = nn.LayerNorm(read_width) if config.read_norm else nn.Identity()
         self.out_proj = nn.Linear(read_width, token_dim)
 
@@ -178,7 +180,8 @@ class TensorMemory(nn.Module):
             reads, h, c = self._scan(h, c, read_loc, writes, chunk_starts)
         else:
             reads, h, c = self._steps(h, c, read_loc, writes, chunk_starts)
-        out = self.out_proj(self.read_norm(reads.view(batch, reads.shape[1], inputs, -1)))
+        reads_per_chunk = 1 if self.config.read_grid else inputs
+        out = self.out_proj(self.read_norm(reads.view(batch, reads.shape[1], reads_per_chunk, -1)))
         out = out.expand(-1, -1, chunk, -1).reshape(batch, -1, dim)[:, :num]
         return out, TensorDict({"h": h, "c": c}, batch_size=state.batch_size, device=state.device)
 
@@ -210,7 +213,12 @@ class TensorMemory(nn.Module):
             ).view(steps, batch, 1, *cfg.grid)
         keep = torch.ones(steps, batch, device=h.device) if chunk_starts is None else 1.0 - chunk_starts.T.to(h.dtype)
         read_from, h, c = recurrence(volumes.view(steps, batch, channels, *cfg.grid), h, c, keep, weights, masses)
-        reads = trilinear_read(read_from.flatten(0, 1), read_loc, padding_mode=cfg.padding_mode, backend=cfg.backend)
+        if cfg.read_grid:
+            reads = read_from
+        else:
+            reads = trilinear_read(
+                read_from.flatten(0, 1), read_loc, padding_mode=cfg.padding_mode, backend=cfg.backend
+            )
         return reads.reshape(steps, batch, -1).transpose(0, 1), h, c
 
     def _steps(self, h, c, read_loc, writes, chunk_starts):
@@ -223,6 +231,7 @@ class TensorMemory(nn.Module):
         for step in range(values.shape[1]):
             if chunk_starts is not None:
                 h, c = zero_rows(h, chunk_starts[:, step]), zero_rows(c, chunk_starts[:, step])
+            grid = h.flatten(1)
             read, h, c = memory_step(
                 h,
                 c,
@@ -236,5 +245,5 @@ class TensorMemory(nn.Module):
                 strength=None if strength is None else strength[:, step],
                 backend=self.config.backend,
             )
-            reads.append(read.flatten(1))
+            reads.append(grid if self.config.read_grid else read.flatten(1))
         return torch.stack(reads, dim=1), h, c
