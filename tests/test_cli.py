@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 from tmem_agents import configs
 from tmem_agents.algos import MemoryPPO
 from tmem_agents.config_schema import compose
-from tmem_agents.env_factory import make_envs
+from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.evaluate import main as eval_main
 from tmem_agents.run_folder import RunFolder, atomic_write
 from tmem_agents.train import main as train_main
@@ -121,6 +122,23 @@ def test_resume_continues_step_counter(tmp_path: Path) -> None:
     assert (run.logs / "progress.0.csv").is_file()
     assert OmegaConf.load(run.config).model.name == "gru"
     assert (run.root / "vecnormalize.pkl").is_file()
+
+
+@pytest.mark.parametrize(("env", "keys"), [("pixel_memory_reacher", ["proprio"]), ("pixel_reacher", None)])
+def test_vecnormalize_leaves_images_as_they_are(env: str, keys: list[str] | None) -> None:
+    cfg = compose("train", [f"env={env}", "algo=ppo_pixel", "algo.norm_obs=true"])
+    venv = normalize(make_envs(cfg.env, 2, seed=0), cfg.algo)
+    venv.reset()
+    assert venv.norm_obs_keys == keys and venv.norm_obs is (keys is not None)
+    for _ in range(20):
+        obs, *_ = venv.step(np.stack([venv.action_space.sample() for _ in range(2)]))
+    pixels = obs["pixels"] if keys else obs
+    assert pixels.dtype == np.uint8
+    assert np.array_equal(pixels, venv.get_original_obs()["pixels"] if keys else venv.get_original_obs())
+    if keys:
+        assert set(venv.obs_rms) == {"proprio"}
+        assert not np.allclose(venv.get_original_obs()["proprio"], obs["proprio"])
+    venv.close()
 
 
 def test_eval_writes_json_and_memory_pictures(trained: RunFolder) -> None:

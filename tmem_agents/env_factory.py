@@ -10,6 +10,7 @@ import gymnasium as gym
 from gymnasium.wrappers import FlattenObservation, TimeLimit
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 import tmem_agents.envs  # noqa: F401  (registers the task suite)
@@ -69,16 +70,31 @@ def make_envs(
     return make_vec_env(env_builder(env_cfg, render_mode), n_envs=n_envs, seed=seed, vec_env_cls=vec_env_cls)
 
 
+def vector_keys(observation_space: gym.Space) -> list[str] | None:
+    """The entries VecNormalize may normalize: a dict's non-image keys (sorted), ``[]`` for an image alone,
+    ``None`` (the whole observation) otherwise."""
+    if isinstance(observation_space, gym.spaces.Dict):
+        return sorted(k for k, sub in observation_space.spaces.items() if not is_image_space(sub, check_channels=False))
+    return [] if is_image_space(observation_space, check_channels=False) else None
+
+
 def normalize(venv: VecEnv, algo_cfg: DictConfig, stats: Path | None = None, training: bool = True) -> VecEnv:
     """Wrap in VecNormalize as ``algo`` asks (statistics loaded from ``stats`` when given); else unchanged.
 
-    With ``training=False`` the statistics stay frozen and rewards are returned unnormalized, for evaluation.
+    Images are never normalized (the policy scales them to ``[0, 1]``): with ``norm_obs`` a dict observation has
+    its other entries normalized (:func:`vector_keys`), an image alone is left as it is. With ``training=False``
+    the statistics stay frozen and rewards are returned unnormalized, for evaluation.
     """
     if stats is not None and stats.is_file():
         wrapped = VecNormalize.load(str(stats), venv)
     elif algo_cfg.normalize:
+        keys = vector_keys(venv.observation_space) if algo_cfg.norm_obs else None
         wrapped = VecNormalize(
-            venv, norm_obs=algo_cfg.norm_obs, norm_reward=algo_cfg.norm_reward, clip_obs=algo_cfg.clip_obs
+            venv,
+            norm_obs=algo_cfg.norm_obs and keys != [],
+            norm_reward=algo_cfg.norm_reward,
+            clip_obs=algo_cfg.clip_obs,
+            norm_obs_keys=keys or None,
         )
     else:
         return venv
