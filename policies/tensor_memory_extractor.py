@@ -58,6 +58,11 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     8x8 conv grid; ``"auto"`` the Nature CNN for images of at least 36x36 pixels, else the patches
     (:mod:`tmem_agents.policies.tokenizers`).
 
+    ``read_to_head=True`` hands the memory's read to the head beside the pooled tokens: the last layer's read
+    ``(B, N, d)``, averaged over the step's tokens (the chunk's read itself when one chunk reads for the whole
+    observation), is concatenated to the pooled tokens, so the head reads the memory without the fusion gate,
+    the block's MLP and the final LayerNorm in between.
+
     ``head_activation="tanh"`` bounds the features as an LSTM's output is bounded, where a ReLU unit that
     stops firing stays dead: on the pixel memory reacher 49-55 of the 64 ReLU features never fired on the held
     steps after 300k PPO steps with the reconstruction loss, 26 without it (``docs/results.md``).
@@ -80,6 +85,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         image_stem: str = "auto",
         image_tokens: int = 8,
         head_activation: str = "relu",
+        read_to_head: bool = False,
     ) -> None:
         super().__init__(observation_space, features_dim)
         if n_layers < 1:
@@ -106,7 +112,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.layers = nn.ModuleList(MemoryBlock(PreNormBlock(token_dim, heads), self.memory) for _ in range(n_layers))
         self.norm = nn.LayerNorm(token_dim)
         self.pool = ("flatten" if has_image(observation_space) else "mean") if pool == "auto" else pool
-        pooled = token_dim * (num_tokens if self.pool == "flatten" else 1)
+        self.read_to_head = read_to_head
+        pooled = token_dim * (num_tokens if self.pool == "flatten" else 1) + (token_dim if read_to_head else 0)
         self.head = nn.Sequential(nn.Linear(pooled, features_dim), HEAD_ACTIVATIONS[head_activation]())
 
     def restore_initialisation(self) -> None:
@@ -140,22 +147,25 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
                 chunk_starts[:, :, 0] = episode_starts.T
                 chunk_starts = chunk_starts.flatten(1)
             x_seq, tokens_seq = (z.transpose(0, 1).reshape(batch, steps * num, dim) for z in (x, tokens))
-            y, state = first.fuse(x_seq, state, tokens_seq, chunk_starts)
-            y = y.view(batch, steps, num, dim).transpose(0, 1)
+            y, read, state = first.fuse(x_seq, state, tokens_seq, chunk_starts)
+            y, read = (z.view(batch, steps, num, dim).transpose(0, 1) for z in (y, read))
         else:
-            outputs = []
+            outputs, reads = [], []
             for t in range(steps):
                 if episode_starts is not None:
                     state = reset_state(state, episode_starts[t])
                 y = tokens[t]
                 for layer in self.layers:
                     pre = x[t] if layer is first else layer.pre(y)
-                    y, state = layer.fuse(pre, state, y)
+                    y, read, state = layer.fuse(pre, state, y)
                     y = y if layer is last else layer.post(y)
                 outputs.append(y)
-            y = torch.stack(outputs)
+                reads.append(read)
+            y, read = torch.stack(outputs), torch.stack(reads)
         y = self.norm(last.post(y.flatten(0, 1)))
         pooled = y.flatten(1) if self.pool == "flatten" else y.mean(dim=1)
+        if self.read_to_head:
+            pooled = torch.cat([pooled, read.flatten(0, 1).mean(dim=1)], dim=-1)
         return self.head(pooled).view(steps, batch, -1), state
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:

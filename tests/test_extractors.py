@@ -205,6 +205,32 @@ def test_flatten_pool_concatenates_the_tokens():
     assert _assert_steps_match_the_sequence(flat, _obs(DICT, 4, 2)).shape == (4, 2, 12)
 
 
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_read_to_head_widens_the_head_and_steps_match_the_sequence(n_layers):
+    torch.manual_seed(0)
+    extractor = TensorMemoryExtractor(DICT, read_to_head=True, n_layers=n_layers, **KWARGS["tensor_memory"])
+    pooled = 8 * extractor.tokenizer.num_tokens
+    assert extractor.head[0].in_features == pooled + 8
+    assert _assert_steps_match_the_sequence(extractor, _obs(DICT, 4, 2)).shape == (4, 2, 12)
+
+
+def test_read_to_head_features_are_the_head_of_the_pooled_tokens_and_the_read():
+    torch.manual_seed(0)
+    extractor = TensorMemoryExtractor(DICT, read_to_head=True, **KWARGS["tensor_memory"])
+    pooled = 8 * extractor.tokenizer.num_tokens
+    obs = map_obs(lambda x: x[0], _obs(DICT, 1, 2))
+    state = extractor.initial_state(2).apply(torch.randn_like)
+    with torch.no_grad():
+        extractor.head[0].weight[:, :pooled] = 0  # the head now sees the read only
+        features, _ = extractor.forward_step(obs, state)
+        tokens = extractor.tokenizer(obs)
+        layer = extractor.layers[0]
+        read, _ = extractor.memory(layer.norm(layer.pre(tokens)), state, None, tokens)
+        expected = extractor.head(torch.cat([torch.zeros(2, pooled), read.mean(dim=1)], dim=-1))
+    assert torch.allclose(features, expected, atol=1e-5)
+    assert not torch.allclose(features, extractor.head(torch.zeros(2, pooled + 8)), atol=1e-3)
+
+
 def test_auto_pool_flattens_observations_with_an_image_and_averages_vectors():
     for space, pool in ((DICT, "flatten"), (IMAGE, "flatten"), (VECTOR, "mean")):
         extractor = TensorMemoryExtractor(space, **KWARGS["tensor_memory"])

@@ -112,6 +112,7 @@ class TensorMemoryModelConfig(ModelConfig):
     image_stem: str = "auto"
     image_tokens: int = 8
     head_activation: str = "relu"
+    read_to_head: bool = False
     memory: MemoryGridConfig = field(default_factory=MemoryGridConfig)
 
 

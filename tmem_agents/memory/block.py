@@ -51,8 +51,9 @@ class MemoryBlock(nn.Module):
         state: TensorDict,
         block_input: torch.Tensor,
         chunk_starts: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, TensorDict]:
-        """The gated residual read: ``x + sigmoid(gate) * memory(LN(x))``, and the memory's new state.
+    ) -> tuple[torch.Tensor, torch.Tensor, TensorDict]:
+        """The gated residual read: ``x + sigmoid(gate) * memory(LN(x))``, the read ``memory(LN(x))`` itself
+        ``(B, N, d)``, and the memory's new state.
 
         ``x`` ``(B, N, d)`` is the output of :meth:`pre` for ``block_input`` ``(B, N, d)``, which the memory
         writes from when its config says ``write_from="block_input"`` (``chunk_starts``: see
@@ -60,7 +61,7 @@ class MemoryBlock(nn.Module):
         """
         write_tokens = block_input if self.memory.config.write_from == "block_input" else None
         read, state = self.memory(self.norm(x), state, chunk_starts, write_tokens)
-        return x + torch.sigmoid(self.gate) * read, state
+        return x + torch.sigmoid(self.gate) * read, read, state
 
     def post(self, x: torch.Tensor) -> torch.Tensor:
         """The part of the block after the memory (nothing when the block cannot be split)."""
@@ -72,5 +73,5 @@ class MemoryBlock(nn.Module):
             return self.block(x), state
         if state is None:
             raise ValueError("a block with memory attached needs the memory state (TensorMemory.init_state)")
-        y, state = self.fuse(self.pre(x), state, x)
+        y, _, state = self.fuse(self.pre(x), state, x)
         return self.post(y), state
