@@ -67,6 +67,12 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     stops firing stays dead: on the pixel memory reacher 49-55 of the 64 ReLU features never fired on the held
     steps after 300k PPO steps with the reconstruction loss, 26 without it (``docs/results.md``).
 
+    ``head_norm=True`` puts a LayerNorm between the head's linear map and its activation (the trunk of pixel
+    SAC-AE and DrQ agents: linear, LayerNorm, tanh). Without it the pre-activations drift to a large offset
+    shared by every episode: on the pixel memory reacher, after 300k PPO steps, 53-66% of the ``tanh`` head's
+    pre-activations lay beyond +-2 (over 90% with ``read_to_head``), so the features barely varied with what
+    the tokens saw and their gradient vanished (``docs/results.md``).
+
     Args:
         memory: a dict of :class:`TensorMemoryConfig` fields, applied over :data:`EXTRACTOR_MEMORY_DEFAULTS` and
             ``chunk_size = N``; or a complete :class:`TensorMemoryConfig`, used as it is.
@@ -86,6 +92,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         image_tokens: int = 8,
         head_activation: str = "relu",
         read_to_head: bool = False,
+        head_norm: bool = False,
     ) -> None:
         super().__init__(observation_space, features_dim)
         if n_layers < 1:
@@ -114,7 +121,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.pool = ("flatten" if has_image(observation_space) else "mean") if pool == "auto" else pool
         self.read_to_head = read_to_head
         pooled = token_dim * (num_tokens if self.pool == "flatten" else 1) + (token_dim if read_to_head else 0)
-        self.head = nn.Sequential(nn.Linear(pooled, features_dim), HEAD_ACTIVATIONS[head_activation]())
+        norm = [nn.LayerNorm(features_dim)] if head_norm else []
+        self.head = nn.Sequential(nn.Linear(pooled, features_dim), *norm, HEAD_ACTIVATIONS[head_activation]())
 
     def restore_initialisation(self) -> None:
         """Give the memory back its own coordinate, content, spread and strength heads

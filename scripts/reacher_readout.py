@@ -10,7 +10,8 @@ episodes and scored on the other half, gives the held-out R^2: at the last step 
 memory still carries it, 10 steps after it was hidden. A memoryless agent reads about 0 there. With ``--grid``
 the readout is of a Tensor Memory's grid ``h`` after each step instead (every cell and channel, standardized,
 ridge 1): whether the memory holds the target where the features have lost it. The count of features that
-are 0 at every held step of every episode (a ReLU unit that no longer fires) closes each run's report.
+are 0 at every held step of every episode (a ReLU unit that no longer fires) and the share of features beyond
++-tanh(2) (a saturated ``tanh`` unit) close each run's report.
 
     python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
     python scripts/reacher_readout.py --grid <a tensor_memory run>
@@ -19,6 +20,7 @@ are 0 at every held step of every episode (a ReLU unit that no longer fires) clo
 from __future__ import annotations
 
 import argparse
+import math
 
 import numpy as np
 import torch
@@ -110,6 +112,12 @@ def never_active(features: torch.Tensor) -> int:
     return int((features != 0).flatten(0, 1).any(0).logical_not().sum())
 
 
+def saturated(features: torch.Tensor, bound: float = math.tanh(2.0)) -> float:
+    """Fraction of the features ``(T, B, F)`` beyond ``bound`` in magnitude over every step and episode: a
+    ``tanh`` unit whose pre-activation lies beyond +-2 passes on less than 7% of a change in its input."""
+    return float((features.abs() > bound).float().mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of the two memory reachers")
@@ -127,6 +135,7 @@ def main() -> None:
         print(f"  shown (t = 4): {r2[4]:.2f}; hidden 10 steps (t = {len(r2) - 1}): {r2[-1]:.2f}")
         if not args.grid:
             print(f"  features never active on the held steps: {never_active(features)} of {features.shape[-1]}")
+            print(f"  features beyond +-tanh(2) on the held steps: {saturated(features):.0%}")
 
 
 if __name__ == "__main__":

@@ -250,6 +250,25 @@ def test_tanh_head_bounds_the_features_and_a_bad_activation_is_refused():
         TensorMemoryExtractor(VECTOR, head_activation="gelu")
 
 
+def test_head_norm_keeps_a_shared_offset_from_saturating_the_tanh_head():
+    torch.manual_seed(0)
+    extractor = TensorMemoryExtractor(VECTOR, head_activation="tanh", head_norm=True, **KWARGS["tensor_memory"])
+    assert [type(m) for m in extractor.head] == [nn.Linear, nn.LayerNorm, nn.Tanh]
+    with torch.no_grad():
+        extractor.head[0].bias.copy_(torch.linspace(-50.0, 50.0, 12))  # a plain tanh head is saturated here
+    linear_out = []
+    extractor.head[0].register_forward_hook(lambda module, inputs, output: linear_out.append(output))
+    obs = map_obs(lambda x: x[0], _obs(VECTOR, 1, 64))
+    with torch.no_grad():
+        features, _ = extractor.forward_step(obs, extractor.initial_state(64))
+    pre = linear_out[-1]
+    assert (torch.tanh(pre).abs() > 0.999).float().mean() > 0.7, "without the norm most features would saturate"
+    normed = (pre - pre.mean(-1, keepdim=True)) / torch.sqrt(pre.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    assert torch.allclose(features, torch.tanh(normed), atol=1e-5)
+    assert (features.std(dim=0) > 1e-3).all(), "every feature still varies with the observations"
+    _assert_steps_match_the_sequence(extractor, _obs(VECTOR, 4, 2))
+
+
 def test_lstm_forget_bias_sets_the_forget_gate_and_none_keeps_torch_init():
     space = spaces.Box(-1, 1, (3,), np.float32)
     torch.manual_seed(0)

@@ -113,6 +113,7 @@ class TensorMemoryModelConfig(ModelConfig):
     image_tokens: int = 8
     head_activation: str = "relu"
     read_to_head: bool = False
+    head_norm: bool = False
     memory: MemoryGridConfig = field(default_factory=MemoryGridConfig)
 
 
