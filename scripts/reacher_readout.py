@@ -11,7 +11,8 @@ memory still carries it, 10 steps after it was hidden. A memoryless agent reads 
 the readout is of a Tensor Memory's grid ``h`` after each step instead (every cell and channel, standardized,
 ridge 1): whether the memory holds the target where the features have lost it. The count of features that
 are 0 at every held step of every episode (a ReLU unit that no longer fires) and the share of features beyond
-+-tanh(2) (a saturated ``tanh`` unit) close each run's report.
++-tanh(2) (a saturated ``tanh`` unit) close each run's report, with, for features bounded as a ``tanh``'s, the
+readout of their ``atanh`` (a ``tanh`` head's pre-activations).
 
     python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
     python scripts/reacher_readout.py --grid <a tensor_memory run>
@@ -118,6 +119,15 @@ def saturated(features: torch.Tensor, bound: float = math.tanh(2.0)) -> float:
     return float((features.abs() > bound).float().mean())
 
 
+def unsquashed(features: torch.Tensor) -> torch.Tensor | None:
+    """``atanh`` of features ``(T, B, F)`` bounded as a ``tanh``'s are (signed, none beyond 1 in magnitude): a
+    ``tanh`` head's pre-activations, what the target moved before the ``tanh`` flattened it; ``None`` for other
+    features (a ReLU head's)."""
+    if features.min() >= 0 or features.abs().max() > 1:
+        return None
+    return torch.atanh(features.clamp(-1 + 1e-6, 1 - 1e-6))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of the two memory reachers")
@@ -136,6 +146,10 @@ def main() -> None:
         if not args.grid:
             print(f"  features never active on the held steps: {never_active(features)} of {features.shape[-1]}")
             print(f"  features beyond +-tanh(2) on the held steps: {saturated(features):.0%}")
+            pre = unsquashed(features)
+            if pre is not None:
+                r2_pre = r2_by_step(pre, targets)
+                print(f"  unsquashed (atanh), shown (t = 4): {r2_pre[4]:.2f}; hidden 10 steps: {r2_pre[-1]:.2f}")
 
 
 if __name__ == "__main__":

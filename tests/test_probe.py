@@ -180,6 +180,9 @@ def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_pa
     features = torch.tensor([[[0.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]]])  # (T, B, F): feature 1 fires once
     assert reacher_readout.never_active(features) == 2
     assert reacher_readout.saturated(torch.tensor([[[0.99, -0.99, 0.5, -0.1]]])) == 0.5
+    pre = torch.tensor([[[3.0, -0.5, 0.0]]])
+    assert torch.allclose(reacher_readout.unsquashed(torch.tanh(pre)), pre, atol=1e-4)
+    assert reacher_readout.unsquashed(torch.tensor([[[0.0, 1.5]]])) is None  # a ReLU head's
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.yaml").write_text("env:\n  id: tmem/CueRecall-v0\n")
