@@ -69,8 +69,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
 
     ``head_norm=True`` puts a LayerNorm between the head's linear map and its activation (the trunk of pixel
     SAC-AE and DrQ agents: linear, LayerNorm, tanh). Without it the pre-activations drift to a large offset
-    shared by every episode: on the pixel memory reacher, after 300k PPO steps, 53-66% of the ``tanh`` head's
-    pre-activations lay beyond +-2 (over 90% with ``read_to_head``), so the features barely varied with what
+    shared by every episode: on the pixel memory reacher, after 300k PPO steps, 57-64% of the ``tanh`` head's
+    pre-activations lay beyond +-2 (84-90% with ``read_to_head``), so the features barely varied with what
     the tokens saw and their gradient vanished (``docs/results.md``).
 
     Args:
