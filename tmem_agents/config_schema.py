@@ -94,6 +94,7 @@ class MemoryGridConfig:
     local_update: bool = True
     strength_bias_init: float = -2.0
     read_norm: bool = True
+    read_standardize: bool = False
     read_cube: float = 0.0
     read_grid: bool = False
     per_token: bool = False

@@ -2,7 +2,9 @@
 
 Rollouts step every env with its state; the buffer keeps the state once per chunk of ``bptt_len`` steps.
 Training replays whole chunks from their stored states, time-major, one forward over ``(T, S)`` per
-minibatch, zeroing the state of an env at every step where its episode began.
+minibatch, zeroing the state of an env at every step where its episode began. Running statistics inside
+the policy (:mod:`tmem_agents.running_standardize`) accumulate over the rollout's steps and change after
+the update that trains on it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tensordict import TensorDict
 
 from tmem_agents.algos.buffer import RecurrentRolloutBuffer
 from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy, check_lags
+from tmem_agents.running_standardize import commit_statistics, tracking_statistics
 
 
 class NonFiniteError(ValueError):
@@ -231,7 +234,7 @@ class MemoryPPO(OnPolicyAlgorithm):
         state = self._last_state
         for _ in range(n_rollout_steps):
             starts = torch.as_tensor(self._last_episode_starts, dtype=torch.float32, device=self.device)
-            with torch.no_grad():
+            with torch.no_grad(), tracking_statistics(self.policy):
                 actions, values, log_probs, new_state = self.policy(
                     obs_as_tensor(self._last_obs, self.device), state, starts
                 )
@@ -332,6 +335,7 @@ class MemoryPPO(OnPolicyAlgorithm):
             self._n_updates += 1
             if not continue_training:
                 break
+        commit_statistics(self.policy)
         data = self.rollout_buffer.data
         explained_var = explained_variance(
             data["values"].flatten().cpu().numpy(), data["returns"].flatten().cpu().numpy()

@@ -34,6 +34,10 @@ class TensorMemoryConfig:
             starts with this strength (``sigmoid(0) = 0.5``).
         read_norm: a LayerNorm over the read's ``C`` channels before ``out_proj``, so what the memory holds
             reaches the tokens at unit scale however small ``h`` is (``False``: the reference's plain projection).
+        read_standardize: instead of ``read_norm``, standardize the read number by number with running
+            statistics (:class:`~tmem_agents.running_standardize.RunningStandardize`, updated between PPO
+            updates): each number at unit scale by its own spread over the data, where the LayerNorm divides
+            all of them by the read's overall spread, so a number that varies little stays small.
         read_cube: ``0`` (reference) reads ``h`` at the read location alone; ``delta > 0`` reads it at the 8
             corners of the cube of half-width ``delta`` around the read location (grid units) and concatenates
             the 8 reads (``8 C`` channels into ``read_norm`` and ``out_proj``): a read then sees a
@@ -70,6 +74,7 @@ class TensorMemoryConfig:
     local_update: bool = False
     strength_bias_init: float = 0.0
     read_norm: bool = False
+    read_standardize: bool = False
     read_cube: float = 0.0
     read_grid: bool = False
     per_token: bool = False
@@ -94,9 +99,14 @@ class TensorMemoryConfig:
         _require_finite("sigma_bias_init", self.sigma_bias_init)
         _require_finite("gate_init", self.gate_init)
         _require_finite("forget_bias_init", self.forget_bias_init)
-        for name in ("local_update", "read_norm", "read_grid", "per_token"):
+        for name in ("local_update", "read_norm", "read_standardize", "read_grid", "per_token"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TensorMemoryConfig.{name} must be true or false; got {getattr(self, name)!r}")
+        if self.read_norm and self.read_standardize:
+            raise ValueError(
+                "TensorMemoryConfig.read_norm and read_standardize are two normalizations of the read: "
+                "set one of them, not both (read_norm=false read_standardize=true)"
+            )
         _require_finite("strength_bias_init", self.strength_bias_init)
         if self.write_radius is not None:
             _require_int("write_radius", self.write_radius, 0, "or None for the dense write")

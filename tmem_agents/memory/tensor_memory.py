@@ -13,6 +13,7 @@ from tmem_agents.memory.config import TensorMemoryConfig
 from tmem_agents.memory.update import FactorizedGateConv
 from tmem_agents.ops import cpu_kernel, memory_step, splat_write, trilinear_read, write_mass
 from tmem_agents.ops.recurrence import recurrence
+from tmem_agents.running_standardize import RunningStandardize
 from tmem_agents.state import reset_state, zero_rows
 
 SIGMA_FLOOR = 1e-4
@@ -60,7 +61,11 @@ class TensorMemory(nn.Module):
         offsets = config.read_cube * corners if config.read_cube > 0 else torch.zeros(1, 3)
         self.register_buffer("read_offsets", offsets, persistent=False)
         read_width = channels * (math.prod(config.grid) if config.read_grid else len(offsets))
-        self.read_norm = nn.LayerNorm(read_width) if config.read_norm else nn.Identity()
+        self.read_norm = nn.Identity()
+        if config.read_norm:
+            self.read_norm = nn.LayerNorm(read_width)
+        elif config.read_standardize:
+            self.read_norm = RunningStandardize(read_width)
         self.out_proj = nn.Linear(read_width, token_dim)
 
     def _zero_write_heads(self) -> None:
