@@ -12,10 +12,14 @@ the readout is of a Tensor Memory's grid ``h`` after each step instead (every ce
 ridge 1): whether the memory holds the target where the features have lost it. The count of features that
 are 0 at every held step of every episode (a ReLU unit that no longer fires) and the share of features beyond
 +-tanh(2) (a saturated ``tanh`` unit) close each run's report, with, for features bounded as a ``tanh``'s, the
-readout of their ``atanh`` (a ``tanh`` head's pre-activations).
+readout of their ``atanh`` (a ``tanh`` head's pre-activations). With ``--acting`` the policy acts (deterministically,
+its state carried) through whole episodes and the readout is of its features at every step: whether they keep
+the target once the arm moves and what it sees of the arm is written over it; the fingertip's mean distance
+from the target at the end closes the line.
 
     python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
     python scripts/reacher_readout.py --grid <a tensor_memory run>
+    python scripts/reacher_readout.py --acting --episodes 512 <runs>
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ from tmem_agents.algos import MemoryPPO
 from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.policies import TensorMemoryExtractor
 from tmem_agents.policies.base import Obs, map_obs, obs_batch_size
+from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy
 from tmem_agents.readout import ridge_r2
 from tmem_agents.run_folder import RunFolder, normalization_path
 
 TASKS = ("tmem/MemoryReacherHold-v0", "tmem/PixelMemoryReacher-v0")
 BATCH = 64
+ACTING_MARKS = (4, 14, 20, 30, 45, 59)
 
 
 def _batch(venv: VecEnv, seed: int) -> tuple[list, np.ndarray]:
@@ -63,9 +69,8 @@ def memory_grids(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
     return torch.stack(grids)
 
 
-def hold_features(run_dir: str, episodes: int, grid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Actor features ``(hold_steps, episodes, F)`` of a run's final model over the held steps (with ``grid``, its
-    Tensor Memory's grids, :func:`memory_grids`), and the targets ``(episodes, 2)``."""
+def _load(run_dir: str) -> tuple[RecurrentActorCriticPolicy, VecEnv]:
+    """A run's final policy and ``BATCH`` envs of its task, normalised as in training."""
     run = RunFolder(run_dir)
     run.require_config("run_dir")
     train_cfg = OmegaConf.load(run.config)
@@ -73,25 +78,66 @@ def hold_features(run_dir: str, episodes: int, grid: bool = False) -> tuple[torc
         raise SystemExit(f"{run_dir}: the run trained on {train_cfg.env.id}; this readout needs one of {TASKS}")
     model_path = run.model_path("final")
     policy = MemoryPPO.load(model_path, device="cpu").policy
+    venv = normalize(make_envs(train_cfg.env, BATCH, seed=0), train_cfg.algo, normalization_path(model_path), False)
+    return policy, venv
+
+
+def _obs_tensor(policy: RecurrentActorCriticPolicy, observation: np.ndarray | dict[str, np.ndarray]) -> Obs:
+    """VecEnv observations as the features extractor takes them (images scaled to [0, 1])."""
+    flat = policy.obs_to_tensor(observation)[0]
+    return preprocess_obs(flat, policy.observation_space, normalize_images=policy.normalize_images)
+
+
+def hold_features(run_dir: str, episodes: int, grid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actor features ``(hold_steps, episodes, F)`` of a run's final model over the held steps (with ``grid``, its
+    Tensor Memory's grids, :func:`memory_grids`), and the targets ``(episodes, 2)``."""
+    policy, venv = _load(run_dir)
     extractor = policy.pi_features_extractor
     if grid and not isinstance(extractor, TensorMemoryExtractor):
         raise SystemExit(f"--grid reads a Tensor Memory's grid; this run's extractor is {type(extractor).__name__}")
-    venv = normalize(make_envs(train_cfg.env, BATCH, seed=0), train_cfg.algo, normalization_path(model_path), False)
     features, targets = [], []
     for first in range(0, episodes, BATCH):
         steps, batch_targets = _batch(venv, first)
-        flat = policy.obs_to_tensor(
-            {key: np.concatenate([step[key] for step in steps]) for key in steps[0]}
-            if isinstance(steps[0], dict)
-            else np.concatenate(steps)
-        )[0]
-        obs: Obs = preprocess_obs(flat, policy.observation_space, normalize_images=policy.normalize_images)
-        obs = map_obs(lambda x: x.view(-1, BATCH, *x.shape[1:]), obs)
+        obs = map_obs(
+            lambda x: x.view(-1, BATCH, *x.shape[1:]),
+            _obs_tensor(
+                policy,
+                {key: np.concatenate([step[key] for step in steps]) for key in steps[0]}
+                if isinstance(steps[0], dict)
+                else np.concatenate(steps),
+            ),
+        )
         with torch.no_grad():
             features.append(memory_grids(extractor, obs) if grid else extractor.episodes(obs))
         targets.append(torch.as_tensor(batch_targets))
     venv.close()
     return torch.cat(features, dim=1)[:, :episodes], torch.cat(targets)[:episodes]
+
+
+def acting_features(run_dir: str, episodes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Actor features ``(T, episodes, F)`` at every step of whole episodes in which the run's final policy acts
+    (deterministically, its state carried), the targets ``(episodes, 2)`` and the fingertip's distance from the
+    target at the end ``(episodes,)``: whether the features keep the target once the arm moves."""
+    policy, venv = _load(run_dir)
+    extractor = policy.pi_features_extractor
+    features, targets, distances = [], [], []
+    for first in range(0, episodes, BATCH):
+        venv.seed(first)
+        observation = venv.reset()
+        envs = venv.get_attr("unwrapped")
+        targets.append(torch.as_tensor(np.stack([env.get_body_com("target")[:2] for env in envs])))
+        state, features_state, steps = None, extractor.initial_state(BATCH), []
+        done = np.zeros(BATCH, dtype=bool)
+        while not done.all():
+            with torch.no_grad():
+                step_features, features_state = extractor.forward_step(_obs_tensor(policy, observation), features_state)
+            steps.append(step_features)
+            actions, state = policy.predict(observation, state, deterministic=True)
+            observation, _, done, infos = venv.step(actions)
+        features.append(torch.stack(steps))
+        distances.append(torch.as_tensor([info["final_distance"] for info in infos]))
+    venv.close()
+    return torch.cat(features, dim=1)[:, :episodes], torch.cat(targets)[:episodes], torch.cat(distances)[:episodes]
 
 
 def r2_by_step(features: torch.Tensor, targets: torch.Tensor, grid: bool = False) -> list[float]:
@@ -133,11 +179,23 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of the two memory reachers")
     parser.add_argument("--episodes", type=int, default=1024, help="episodes (a multiple of 64 is used whole)")
     parser.add_argument("--grid", action="store_true", help="read a Tensor Memory's grid h, not the features")
+    parser.add_argument(
+        "--acting", action="store_true", help="read the features at every step of episodes the policy acts in"
+    )
     args = parser.parse_args()
     if args.episodes < 2 * BATCH:
         parser.error(f"--episodes must be at least {2 * BATCH}, got {args.episodes}")
+    if args.grid and args.acting:
+        parser.error("--grid and --acting read different things; pass one of them")
     torch.set_num_threads(1)
     for run_dir in args.runs:
+        if args.acting:
+            features, targets, distances = acting_features(run_dir, args.episodes)
+            r2 = r2_by_step(features, targets)
+            marks = " ".join(f"t = {t}: {r2[t]:.2f}" for t in ACTING_MARKS if t < len(r2))
+            print(f"{run_dir}: R^2 of the target from its features as it acts: {marks}")
+            print(f"  final distance {distances.mean():.3f} (median {distances.median():.3f})")
+            continue
         features, targets = hold_features(run_dir, args.episodes, args.grid)
         r2 = r2_by_step(features, targets, args.grid)
         source = "grid" if args.grid else "features"

@@ -177,6 +177,10 @@ def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_pa
     assert len(grid) == 15 and grid[4] > 0.5  # the memory's grid holds the shown target
     with pytest.raises(SystemExit, match="--grid reads a Tensor Memory's grid; this run's extractor is LSTM"):
         reacher_readout.readout(str(tmp_path / "lstm"), 128, grid=True)
+    acting, targets, distances = reacher_readout.acting_features(str(tmp_path / "lstm"), 128)
+    assert acting.shape == (60, 128, 64) and targets.shape == (128, 2) and distances.shape == (128,)
+    assert (distances >= 0).all() and distances.max() < 0.5
+    assert reacher_readout.r2_by_step(acting, targets)[4] > 0.9  # the shown target, as the arm is held
     features = torch.tensor([[[0.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]]])  # (T, B, F): feature 1 fires once
     assert reacher_readout.never_active(features) == 2
     assert reacher_readout.saturated(torch.tensor([[[0.99, -0.99, 0.5, -0.1]]])) == 0.5
