@@ -1,24 +1,25 @@
 """Where trained memory-reacher agents keep the hidden target: a readout of its position from their features.
 
-On ``tmem/MemoryReacherHold-v0`` and ``tmem/PixelMemoryReacher-v0`` the arm is held for the first 15 steps, so
-what an agent observes in those steps does not depend on what it does. Those observations are made once per
-run, with zero actions, for ``--episodes`` episodes (seeds 0 onwards, normalised with the run's saved
-statistics where it kept them), and run through the final model's actor features extractor from its initial
-state. At every held step t a ridge regression from the features to the target's (x, y), fitted on half the
-episodes and scored on the other half, gives the held-out R^2: at the last step the target is shown
-(t = 4) it says whether the agent sees where the target is; at the last held step (t = 14) whether its
-memory still carries it, 10 steps after it was hidden. A memoryless agent reads about 0 there. With ``--grid``
-the readout is of a Tensor Memory's grid ``h`` after each step instead (every cell and channel, standardized,
-ridge 1): whether the memory holds the target where the features have lost it. The count of features that
-are 0 at every held step of every episode (a ReLU unit that no longer fires) and the share of features beyond
-+-tanh(2) (a saturated ``tanh`` unit) close each run's report, with, for features bounded as a ``tanh``'s, the
-readout of their ``atanh`` (a ``tanh`` head's pre-activations). With ``--acting`` the policy acts (deterministically,
-its state carried) through whole episodes and the readout is of its features at every step: whether they keep
-the target once the arm moves and what it sees of the arm is written over it; the fingertip's mean distance
-from the target at the end closes the line.
+On ``tmem/MemoryReacherHold-v0`` and ``tmem/PixelMemoryReacher-v0`` the arm is held for the first 15 steps, so what
+an agent observes in those steps does not depend on what it does. Those observations are made once per run, with
+zero actions, for ``--episodes`` episodes (seeds 0 onwards, normalised with the run's saved statistics where it
+kept them), and run through the final model's actor features extractor from its initial state. At every held step t
+a ridge regression from the features to the target's (x, y), fitted on half the episodes and scored on the other
+half, gives the held-out R^2: at the last step the target is shown (t = 4) it says whether the agent sees where the
+target is; at the last held step (t = 14) whether its memory still carries it, 10 steps after it was hidden. A
+memoryless agent reads about 0 there. With ``--grid`` the readout is of a Tensor Memory's grid ``h`` after each
+step instead (every cell and channel, standardized, ridge 1): whether the memory holds the target where the
+features have lost it; with ``--stem`` of the frames' encoder's output (a pixel task's): whether the agent's image
+encoder sees the target at all. The count of features that are 0 at every held step of every episode (a ReLU unit
+that no longer fires) and the share of features beyond +-tanh(2) (a saturated ``tanh`` unit) close each run's
+report, with, for features bounded as a ``tanh``'s, the readout of their ``atanh`` (a ``tanh`` head's
+pre-activations). With ``--acting`` the policy acts (deterministically, its state carried) through whole episodes
+and the readout is of its features at every step: whether they keep the target once the arm moves and what it sees
+of the arm is written over it; the fingertip's mean distance from the target at the end closes the line.
 
     python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
     python scripts/reacher_readout.py --grid <a tensor_memory run>
+    python scripts/reacher_readout.py --stem <pixel memory reacher runs>
     python scripts/reacher_readout.py --acting --episodes 512 <runs>
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -43,6 +45,7 @@ from tmem_agents.run_folder import RunFolder, normalization_path
 
 TASKS = ("tmem/MemoryReacherHold-v0", "tmem/PixelMemoryReacher-v0")
 BATCH = 64
+SOURCES = ("features", "grid", "stem")
 ACTING_MARKS = (4, 14, 20, 30, 45, 59)
 
 
@@ -88,13 +91,44 @@ def _obs_tensor(policy: RecurrentActorCriticPolicy, observation: np.ndarray | di
     return preprocess_obs(flat, policy.observation_space, normalize_images=policy.normalize_images)
 
 
-def hold_features(run_dir: str, episodes: int, grid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Actor features ``(hold_steps, episodes, F)`` of a run's final model over the held steps (with ``grid``, its
-    Tensor Memory's grids, :func:`memory_grids`), and the targets ``(episodes, 2)``."""
+def image_stem(extractor: torch.nn.Module) -> torch.nn.Module:
+    """The module that encodes a pixel task's frames (the ``pixels`` key): a Tensor Memory's image tokenizer or a
+    baseline's CNN."""
+    if isinstance(extractor, TensorMemoryExtractor):
+        parts = getattr(extractor.tokenizer, "parts", {})
+    else:
+        parts = getattr(getattr(extractor, "encoder", None), "extractors", {})
+    if "pixels" not in parts:
+        raise SystemExit(f"--stem reads the frames' encoder; this run's {type(extractor).__name__} encodes no frames")
+    return parts["pixels"]
+
+
+def stem_outputs(extractor: torch.nn.Module, obs: Obs) -> torch.Tensor:
+    """The image stem's output ``(T, B, F)`` as ``extractor`` runs episodes ``obs`` ``(T, B, ...)``."""
+    outputs: list[torch.Tensor] = []
+    handle = image_stem(extractor).register_forward_hook(lambda _m, _i, out: outputs.append(out.flatten(1)))
+    try:
+        extractor.episodes(obs)
+    finally:
+        handle.remove()
+    return torch.cat(outputs).view(obs_batch_size(obs), obs_batch_size(map_obs(lambda x: x[0], obs)), -1)
+
+
+def hold_features(run_dir: str, episodes: int, source: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """What a run's final model holds over the held steps ``(hold_steps, episodes, F)``: its actor features, its
+    Tensor Memory's grids (``source="grid"``, :func:`memory_grids`) or its image stem's output (``"stem"``,
+    :func:`stem_outputs`); and the targets ``(episodes, 2)``."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     policy, venv = _load(run_dir)
     extractor = policy.pi_features_extractor
-    if grid and not isinstance(extractor, TensorMemoryExtractor):
+    if source == "grid" and not isinstance(extractor, TensorMemoryExtractor):
         raise SystemExit(f"--grid reads a Tensor Memory's grid; this run's extractor is {type(extractor).__name__}")
+    read = {
+        "features": extractor.episodes,
+        "grid": partial(memory_grids, extractor),
+        "stem": partial(stem_outputs, extractor),
+    }
     features, targets = [], []
     for first in range(0, episodes, BATCH):
         steps, batch_targets = _batch(venv, first)
@@ -108,7 +142,7 @@ def hold_features(run_dir: str, episodes: int, grid: bool = False) -> tuple[torc
             ),
         )
         with torch.no_grad():
-            features.append(memory_grids(extractor, obs) if grid else extractor.episodes(obs))
+            features.append(read[source](obs))
         targets.append(torch.as_tensor(batch_targets))
     venv.close()
     return torch.cat(features, dim=1)[:, :episodes], torch.cat(targets)[:episodes]
@@ -148,10 +182,10 @@ def r2_by_step(features: torch.Tensor, targets: torch.Tensor, grid: bool = False
     return [ridge_r2(step, targets) for step in features]
 
 
-def readout(run_dir: str, episodes: int, grid: bool = False) -> list[float]:
-    """Held-out R^2 of the target's (x, y) from the features (or, with ``grid``, the memory's grid) at each held
-    step, for one run."""
-    return r2_by_step(*hold_features(run_dir, episodes, grid), grid)
+def readout(run_dir: str, episodes: int, source: str = "features") -> list[float]:
+    """Held-out R^2 of the target's (x, y) from the features (or the memory's grid, or the image stem's output:
+    :func:`hold_features`) at each held step, for one run."""
+    return r2_by_step(*hold_features(run_dir, episodes, source), source == "grid")
 
 
 def never_active(features: torch.Tensor) -> int:
@@ -179,14 +213,16 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of the two memory reachers")
     parser.add_argument("--episodes", type=int, default=1024, help="episodes (a multiple of 64 is used whole)")
     parser.add_argument("--grid", action="store_true", help="read a Tensor Memory's grid h, not the features")
+    parser.add_argument("--stem", action="store_true", help="read the frames' encoder's output, not the features")
     parser.add_argument(
         "--acting", action="store_true", help="read the features at every step of episodes the policy acts in"
     )
     args = parser.parse_args()
     if args.episodes < 2 * BATCH:
         parser.error(f"--episodes must be at least {2 * BATCH}, got {args.episodes}")
-    if args.grid and args.acting:
-        parser.error("--grid and --acting read different things; pass one of them")
+    if args.grid + args.stem + args.acting > 1:
+        parser.error("--grid, --stem and --acting read different things; pass one of them")
+    source = "grid" if args.grid else "stem" if args.stem else "features"
     torch.set_num_threads(1)
     for run_dir in args.runs:
         if args.acting:
@@ -196,12 +232,11 @@ def main() -> None:
             print(f"{run_dir}: R^2 of the target from its features as it acts: {marks}")
             print(f"  final distance {distances.mean():.3f} (median {distances.median():.3f})")
             continue
-        features, targets = hold_features(run_dir, args.episodes, args.grid)
+        features, targets = hold_features(run_dir, args.episodes, source)
         r2 = r2_by_step(features, targets, args.grid)
-        source = "grid" if args.grid else "features"
         print(f"{run_dir}: R^2 of the target from its {source} by held step: " + " ".join(f"{v:.2f}" for v in r2))
         print(f"  shown (t = 4): {r2[4]:.2f}; hidden 10 steps (t = {len(r2) - 1}): {r2[-1]:.2f}")
-        if not args.grid:
+        if source == "features":
             print(f"  features never active on the held steps: {never_active(features)} of {features.shape[-1]}")
             print(f"  features beyond +-tanh(2) on the held steps: {saturated(features):.0%}")
             pre = unsquashed(features)

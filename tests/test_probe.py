@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.preprocessing import preprocess_obs
 
+from tmem_agents.algos import MemoryPPO
 from tmem_agents.envs.spatial_recall import SpatialRecallEnv
 from tmem_agents.train import main as train_main
 
@@ -173,10 +175,16 @@ def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_pa
     assert len(memoryless) == len(lstm) == 15
     assert memoryless[4] > 0.9 and lstm[4] > 0.9  # the target is in the observation until t = 4
     assert memoryless[-1] < 0.1 < 0.5 < lstm[-1]
-    grid = reacher_readout.readout(str(tmp_path / "tensor_memory"), 128, grid=True)
+    grid = reacher_readout.readout(str(tmp_path / "tensor_memory"), 128, source="grid")
     assert len(grid) == 15 and grid[4] > 0.5  # the memory's grid holds the shown target
     with pytest.raises(SystemExit, match="--grid reads a Tensor Memory's grid; this run's extractor is LSTM"):
-        reacher_readout.readout(str(tmp_path / "lstm"), 128, grid=True)
+        reacher_readout.readout(str(tmp_path / "lstm"), 128, source="grid")
+    with pytest.raises(
+        SystemExit, match="--stem reads the frames' encoder; this run's LSTMExtractor encodes no frames"
+    ):
+        reacher_readout.readout(str(tmp_path / "lstm"), 128, source="stem")
+    with pytest.raises(ValueError, match="source must be one of"):
+        reacher_readout.readout(str(tmp_path / "lstm"), 128, source="grids")
     acting, targets, distances = reacher_readout.acting_features(str(tmp_path / "lstm"), 128)
     assert acting.shape == (60, 128, 64) and targets.shape == (128, 2) and distances.shape == (128,)
     assert (distances >= 0).all() and distances.max() < 0.5
@@ -192,6 +200,23 @@ def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_pa
     (other / "config.yaml").write_text("env:\n  id: tmem/CueRecall-v0\n")
     with pytest.raises(SystemExit, match="needs one of"):
         reacher_readout.readout(str(other), 128)
+
+
+def test_reacher_readout_stem_is_the_frames_encoder_step_by_step(tmp_path):
+    tiny = ["env=pixel_memory_reacher", "algo=ppo_pixel", "algo.n_envs=2", "algo.n_steps=32", "algo.batch_size=64",
+            "algo.bptt_len=16", "total_timesteps=64", "progress_bar=false", "log_formats=[csv]",
+            "checkpoint_freq=1000000", "eval_freq=0", "final_eval_episodes=0"]  # fmt: skip
+    for model in ("lstm", "tensor_memory"):
+        train_main([*tiny, f"model={model}", f"hydra.run.dir={tmp_path / model}"])
+        policy = MemoryPPO.load(tmp_path / model / "model.zip", device="cpu").policy
+        extractor = policy.pi_features_extractor
+        samples = [policy.observation_space.sample() for _ in range(3 * 2)]
+        flat = policy.obs_to_tensor({key: np.stack([sample[key] for sample in samples]) for key in samples[0]})[0]
+        obs = preprocess_obs(flat, policy.observation_space, normalize_images=True)
+        with torch.no_grad():
+            stem = reacher_readout.stem_outputs(extractor, {key: x.view(3, 2, *x.shape[1:]) for key, x in obs.items()})
+            direct = reacher_readout.image_stem(extractor)(obs["pixels"]).flatten(1).view(3, 2, -1)
+        torch.testing.assert_close(stem, direct)
 
 
 _SPEC_STEM = importlib.util.spec_from_file_location(
