@@ -10,7 +10,10 @@ import torch
 from stable_baselines3.common.preprocessing import preprocess_obs
 
 from tmem_agents.algos import MemoryPPO
+from tmem_agents.config_schema import compose
+from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.envs.spatial_recall import SpatialRecallEnv
+from tmem_agents.train import build_model
 from tmem_agents.train import main as train_main
 
 _SPEC = importlib.util.spec_from_file_location(
@@ -217,6 +220,32 @@ def test_reacher_readout_stem_is_the_frames_encoder_step_by_step(tmp_path):
             stem = reacher_readout.stem_outputs(extractor, {key: x.view(3, 2, *x.shape[1:]) for key, x in obs.items()})
             direct = reacher_readout.image_stem(extractor)(obs["pixels"]).flatten(1).view(3, 2, -1)
         torch.testing.assert_close(stem, direct)
+
+
+_SPEC_GRADIENTS = importlib.util.spec_from_file_location(
+    "gradient_shares", Path(__file__).resolve().parents[1] / "scripts" / "gradient_shares.py"
+)
+gradient_shares = importlib.util.module_from_spec(_SPEC_GRADIENTS)
+_SPEC_GRADIENTS.loader.exec_module(gradient_shares)
+
+
+@pytest.mark.parametrize(
+    ("env", "algo", "has_convolutions"),
+    [("pixel_memory_reacher", "ppo_pixel", True), ("memory_reacher_hold", "ppo_mujoco", False)],
+)
+def test_gradient_shares_of_the_convolutions(env: str, algo: str, has_convolutions: bool):
+    cfg = compose("train", [f"env={env}", f"algo={algo}", "algo.n_envs=2", "algo.n_steps=32", "algo.batch_size=32",
+                            "algo.n_epochs=3", "algo.bptt_len=16", "model=tensor_memory"])  # fmt: skip
+    clip = torch.nn.utils.clip_grad_norm_
+    model = build_model(cfg, normalize(make_envs(cfg.env, 2, seed=0), cfg.algo))
+    result = gradient_shares.gradient_shares(model, 64)
+    assert torch.nn.utils.clip_grad_norm_ is clip
+    assert result["minibatches"] == 6  # one update of 64 steps: 3 epochs of two 32-step minibatches
+    assert result["whole"] > 0
+    if has_convolutions:
+        assert 0 < result["share"] < 1 and 0 < result["convolutions_clipped"] <= result["convolutions"]
+    else:
+        assert result["convolutions"] == result["share"] == result["convolutions_clipped"] == 0
 
 
 _SPEC_STEM = importlib.util.spec_from_file_location(
