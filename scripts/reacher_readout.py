@@ -36,12 +36,12 @@ from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.vec_env import VecEnv
 
 from tmem_agents.algos import MemoryPPO
-from tmem_agents.env_factory import make_envs, normalize
+from tmem_agents.evaluate import eval_env
 from tmem_agents.policies import TensorMemoryExtractor
 from tmem_agents.policies.base import Obs, map_obs, obs_batch_size
 from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy
 from tmem_agents.readout import ridge_r2
-from tmem_agents.run_folder import RunFolder, normalization_path
+from tmem_agents.run_folder import RunFolder
 
 TASKS = ("tmem/MemoryReacherHold-v0", "tmem/PixelMemoryReacher-v0")
 BATCH = 64
@@ -81,8 +81,7 @@ def _load(run_dir: str) -> tuple[RecurrentActorCriticPolicy, VecEnv]:
         raise SystemExit(f"{run_dir}: the run trained on {train_cfg.env.id}; this readout needs one of {TASKS}")
     model_path = run.model_path("final")
     policy = MemoryPPO.load(model_path, device="cpu").policy
-    venv = normalize(make_envs(train_cfg.env, BATCH, seed=0), train_cfg.algo, normalization_path(model_path), False)
-    return policy, venv
+    return policy, eval_env(train_cfg, model_path, BATCH, seed=0)
 
 
 def _obs_tensor(policy: RecurrentActorCriticPolicy, observation: np.ndarray | dict[str, np.ndarray]) -> Obs:

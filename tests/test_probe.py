@@ -10,7 +10,7 @@ import torch
 from stable_baselines3.common.preprocessing import preprocess_obs
 
 from tmem_agents.algos import MemoryPPO
-from tmem_agents.config_schema import compose
+from tmem_agents.config_schema import ConfigError, compose
 from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.envs.spatial_recall import SpatialRecallEnv
 from tmem_agents.train import build_model
@@ -246,6 +246,20 @@ def test_gradient_shares_of_the_convolutions(env: str, algo: str, has_convolutio
         assert 0 < result["share"] < 1 and 0 < result["convolutions_clipped"] <= result["convolutions"]
     else:
         assert result["convolutions"] == result["share"] == result["convolutions_clipped"] == 0
+
+
+def test_gradient_shares_of_a_trained_run(tmp_path):
+    train_main(["env=pixel_memory_reacher", "algo=ppo_pixel", "algo.n_envs=2", "algo.n_steps=32",
+                "algo.batch_size=32", "algo.bptt_len=16", "total_timesteps=64", "progress_bar=false",
+                "log_formats=[csv]", "checkpoint_freq=1000000", "eval_freq=0", "final_eval_episodes=0",
+                "model=lstm", f"hydra.run.dir={tmp_path}"])  # fmt: skip
+    model = gradient_shares.trained_model(str(tmp_path))
+    assert model.env.num_envs == 2 and not model.env.training  # the run's statistics, frozen
+    result = gradient_shares.gradient_shares(model, 64)
+    assert result["minibatches"] == 8  # one update of 64 steps: 4 epochs of two 32-step minibatches
+    assert 0 < result["share"] < 1
+    with pytest.raises(ConfigError, match="no such folder"):
+        gradient_shares.trained_model(str(tmp_path / "missing"))
 
 
 _SPEC_STEM = importlib.util.spec_from_file_location(

@@ -52,8 +52,9 @@ def _model_path(run: RunFolder, checkpoint: str) -> Path:
     return run.model_path(checkpoint) if checkpoint in CHECKPOINTS else Path(checkpoint)
 
 
-def _eval_env(train_cfg: DictConfig, model_path: Path, n_envs: int, seed: int, render_mode: str | None) -> VecEnv:
-    """Envs as the run trained on, with its normalization statistics frozen (when it normalized)."""
+def eval_env(train_cfg: DictConfig, model_path: Path, n_envs: int, seed: int, render_mode: str | None = None) -> VecEnv:
+    """``n_envs`` envs as the run trained on, with the normalization statistics saved beside ``model_path`` frozen
+    (when it normalized; missing statistics are an error)."""
     stats = normalization_path(model_path)
     if train_cfg.algo.normalize and not stats.is_file():
         raise ConfigError(f"checkpoint={str(model_path)!r}: the run normalized observations but {stats} is missing")
@@ -77,7 +78,7 @@ def _record_videos(cfg: DictConfig, model: MemoryPPO, train_cfg: DictConfig, mod
     renders = "rgb_array" in render_modes
     if cfg.video and not renders:
         raise ConfigError(f"video=true: env {train_cfg.env.id!r} cannot render rgb_array (modes: {render_modes})")
-    venv = _eval_env(train_cfg, model_path, 1, seed, "rgb_array" if renders else None)
+    venv = eval_env(train_cfg, model_path, 1, seed, "rgb_array" if renders else None)
     recorder = MemoryRecorder() if cfg.memory_video else None
     frames: list[np.ndarray] = []
     obs, state, starts, episodes = venv.reset(), None, np.ones(1, dtype=bool), 0
@@ -122,11 +123,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     model = MemoryPPO.load(model_path, device=cfg.device)
     if cfg.memory_video and not isinstance(model.policy.features_extractor, TensorMemoryExtractor):
         raise ConfigError(f"memory_video=true: {model_path} has no Tensor Memory extractor")
-    venv = _eval_env(train_cfg, model_path, cfg.n_envs, seed, None)
+    venv = eval_env(train_cfg, model_path, cfg.n_envs, seed, None)
     results: dict[str, Any] = _score(model, venv, cfg, ablation=False)
     if cfg.memory_ablation:
         venv.close()
-        venv = _eval_env(train_cfg, model_path, cfg.n_envs, seed, None)
+        venv = eval_env(train_cfg, model_path, cfg.n_envs, seed, None)
         ablation = _score(model, venv, cfg, ablation=True)
         results["ablation"] = ablation
         results["memory_gain"] = results["mean_return"] - ablation["mean_return"]
