@@ -24,8 +24,7 @@ from omegaconf import OmegaConf
 from tmem_agents.algos import MemoryPPO
 from tmem_agents.config_schema import compose, validate_train
 from tmem_agents.env_factory import make_envs, normalize
-from tmem_agents.evaluate import eval_env
-from tmem_agents.run_folder import RunFolder
+from tmem_agents.run_folder import RunFolder, normalization_path
 from tmem_agents.train import build_model
 
 
@@ -69,12 +68,14 @@ def gradient_shares(model: MemoryPPO, steps: int) -> dict[str, float]:
 
 
 def trained_model(run_dir: str) -> MemoryPPO:
-    """A run's final model with ``n_envs`` envs of its task, normalised with its saved statistics (frozen)."""
+    """A run's final model with ``n_envs`` envs of its task, normalised from its saved statistics as in training
+    (rewards too: :func:`tmem_agents.evaluate.eval_env`'s raw rewards would change the gradients measured)."""
     run = RunFolder(run_dir)
     run.require_config("run_dir")
     cfg = OmegaConf.load(run.config)
     model_path = run.model_path("final")
-    return MemoryPPO.load(model_path, env=eval_env(cfg, model_path, cfg.algo.n_envs, cfg.seed), device="cpu")
+    env = normalize(make_envs(cfg.env, cfg.algo.n_envs, seed=cfg.seed), cfg.algo, normalization_path(model_path))
+    return MemoryPPO.load(model_path, env=env, device="cpu")
 
 
 def main() -> None:

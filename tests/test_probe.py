@@ -254,7 +254,7 @@ def test_gradient_shares_of_a_trained_run(tmp_path):
                 "log_formats=[csv]", "checkpoint_freq=1000000", "eval_freq=0", "final_eval_episodes=0",
                 "model=lstm", f"hydra.run.dir={tmp_path}"])  # fmt: skip
     model = gradient_shares.trained_model(str(tmp_path))
-    assert model.env.num_envs == 2 and not model.env.training  # the run's statistics, frozen
+    assert model.env.num_envs == 2 and model.env.norm_reward  # rewards normalized as the run trained on them
     result = gradient_shares.gradient_shares(model, 64)
     assert result["minibatches"] == 8  # one update of 64 steps: 4 epochs of two 32-step minibatches
     assert 0 < result["share"] < 1
