@@ -4,8 +4,10 @@ MemoryPPO clips each minibatch's whole gradient to norm ``max_grad_norm``. This 
 the same Hydra overrides as ``tmem-train``, for ``--steps`` steps (or, with ``--run``, a run's final model for one
 more rollout) and records, before every clipping, the norm of the whole gradient and of the convolutions' part
 (every 4-D parameter: the Nature CNN's or keypoint stem's kernels). It prints the medians over the minibatches:
-the whole norm, the convolutions' norm and share of it, and the convolutions' norm after clipping, which is what
-moves them.
+the whole norm, the convolutions' norm and share of it, and the convolutions' norm after clipping. Adam, the
+optimizer, divides each parameter's step by its own gradient's running size, so the clipped norm is not what moves
+them: it also prints the root-mean-square change per parameter over the whole training, of the convolutions and
+of every other parameter, in units of the learning rate.
 
     python scripts/gradient_shares.py --steps 2048 env=pixel_memory_reacher algo=ppo_pixel model=lstm
     python scripts/gradient_shares.py --run <run dir>
@@ -49,9 +51,23 @@ def recording_gradient_norms() -> Iterator[list[tuple[float, float]]]:
         torch.nn.utils.clip_grad_norm_ = clip
 
 
+def rms_change(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """Root-mean-square change per number from the tensors ``before`` to ``after`` (0 for no tensors)."""
+    if not before:
+        return 0.0
+    squares = sum(float((a - b).double().square().sum()) for a, b in zip(after, before, strict=True))
+    return (squares / sum(b.numel() for b in before)) ** 0.5
+
+
 def gradient_shares(model: MemoryPPO, steps: int) -> dict[str, float]:
     """Train ``model`` ``steps`` more steps and return the medians over its minibatches of the whole gradient's
-    norm, the convolutions' norm, their share, and their norm after clipping at ``model.max_grad_norm``."""
+    norm, the convolutions' norm, their share, and their norm after clipping at ``model.max_grad_norm``; and the
+    root-mean-square change per parameter of the convolutions and of the rest, over the ``steps``, divided by the
+    learning rate at the start."""
+    convolutions = [p for p in model.policy.parameters() if p.dim() == 4]
+    others = [p for p in model.policy.parameters() if p.dim() != 4]
+    before = [[p.detach().clone() for p in convolutions], [p.detach().clone() for p in others]]
+    rate = model.lr_schedule(1.0)
     with recording_gradient_norms() as norms:
         model.learn(total_timesteps=steps, reset_num_timesteps=True)
     if not norms:
@@ -64,18 +80,22 @@ def gradient_shares(model: MemoryPPO, steps: int) -> dict[str, float]:
         "convolutions": float(conv.median()),
         "share": float((conv / whole).median()),
         "convolutions_clipped": float(clipped.median()),
+        "convolutions_moved": rms_change(before[0], [p.detach() for p in convolutions]) / rate,
+        "others_moved": rms_change(before[1], [p.detach() for p in others]) / rate,
     }
 
 
 def trained_model(run_dir: str) -> MemoryPPO:
     """A run's final model with ``n_envs`` envs of its task, normalised from its saved statistics as in training
-    (rewards too: :func:`tmem_agents.evaluate.eval_env`'s raw rewards would change the gradients measured)."""
+    (rewards too: :func:`tmem_agents.evaluate.eval_env`'s raw rewards would change the gradients measured), and
+    its initial learning rate held constant: a decaying schedule restarted for a few more steps would reach 0
+    by their update."""
     run = RunFolder(run_dir)
     run.require_config("run_dir")
     cfg = OmegaConf.load(run.config)
     model_path = run.model_path("final")
     env = normalize(make_envs(cfg.env, cfg.algo.n_envs, seed=cfg.seed), cfg.algo, normalization_path(model_path))
-    return MemoryPPO.load(model_path, env=env, device="cpu")
+    return MemoryPPO.load(model_path, env=env, device="cpu", custom_objects={"learning_rate": cfg.algo.learning_rate})
 
 
 def main() -> None:
@@ -96,7 +116,9 @@ def main() -> None:
     print(
         f"{int(result['minibatches'])} minibatches, medians: whole gradient norm {result['whole']:.3f}, "
         f"convolutions' {result['convolutions']:.4f} (share {result['share']:.3f}), "
-        f"after clipping at {model.max_grad_norm} {result['convolutions_clipped']:.4f}"
+        f"after clipping at {model.max_grad_norm} {result['convolutions_clipped']:.4f}; change per parameter "
+        f"(rms, in learning rates): convolutions {result['convolutions_moved']:.2f}, the rest "
+        f"{result['others_moved']:.2f}"
     )
 
 

@@ -244,20 +244,25 @@ def test_gradient_shares_of_the_convolutions(env: str, algo: str, has_convolutio
     assert result["whole"] > 0
     if has_convolutions:
         assert 0 < result["share"] < 1 and 0 < result["convolutions_clipped"] <= result["convolutions"]
+        # Adam moves each number by at most about the learning rate per step: 6 steps
+        assert 0 < result["convolutions_moved"] <= 6.5
     else:
         assert result["convolutions"] == result["share"] == result["convolutions_clipped"] == 0
+        assert result["convolutions_moved"] == 0
+    assert 0 < result["others_moved"] <= 6.5
 
 
 def test_gradient_shares_of_a_trained_run(tmp_path):
     train_main(["env=pixel_memory_reacher", "algo=ppo_pixel", "algo.n_envs=2", "algo.n_steps=32",
                 "algo.batch_size=32", "algo.bptt_len=16", "total_timesteps=64", "progress_bar=false",
                 "log_formats=[csv]", "checkpoint_freq=1000000", "eval_freq=0", "final_eval_episodes=0",
-                "model=lstm", f"hydra.run.dir={tmp_path}"])  # fmt: skip
+                "model=lstm", "algo.lr_schedule=linear", f"hydra.run.dir={tmp_path}"])  # fmt: skip
     model = gradient_shares.trained_model(str(tmp_path))
     assert model.env.num_envs == 2 and model.env.norm_reward  # rewards normalized as the run trained on them
     result = gradient_shares.gradient_shares(model, 64)
     assert result["minibatches"] == 8  # one update of 64 steps: 4 epochs of two 32-step minibatches
     assert 0 < result["share"] < 1
+    assert result["convolutions_moved"] > 0  # the decaying rate, restarted, would be 0 at the update
     with pytest.raises(ConfigError, match="no such folder"):
         gradient_shares.trained_model(str(tmp_path / "missing"))
 
