@@ -2,20 +2,21 @@
 
 On ``tmem/MemoryReacherHold-v0`` and ``tmem/PixelMemoryReacher-v0`` the arm is held for the first 15 steps, so what
 an agent observes in those steps does not depend on what it does. Those observations are made once per run, with
-zero actions, for ``--episodes`` episodes (seeds 0 onwards, normalised with the run's saved statistics where it
-kept them), and run through the final model's actor features extractor from its initial state. At every held step t
-a ridge regression from the features to the target's (x, y), fitted on half the episodes and scored on the other
-half, gives the held-out R^2: at the last step the target is shown (t = 4) it says whether the agent sees where the
-target is; at the last held step (t = 14) whether its memory still carries it, 10 steps after it was hidden. A
-memoryless agent reads about 0 there. With ``--grid`` the readout is of a Tensor Memory's grid ``h`` after each
-step instead (every cell and channel, standardized, ridge 1): whether the memory holds the target where the
-features have lost it; with ``--stem`` of the frames' encoder's output (a pixel task's): whether the agent's image
-encoder sees the target at all. The count of features that are 0 at every held step of every episode (a ReLU unit
-that no longer fires) and the share of features beyond +-tanh(2) (a saturated ``tanh`` unit) close each run's
-report, with, for features bounded as a ``tanh``'s, the readout of their ``atanh`` (a ``tanh`` head's
-pre-activations). With ``--acting`` the policy acts (deterministically, its state carried) through whole episodes
-and the readout is of its features at every step: whether they keep the target once the arm moves and what it sees
-of the arm is written over it; the fingertip's mean distance from the target at the end closes the line.
+zero actions, for ``--episodes`` episodes (seeds 0 onwards, normalised with the run's saved statistics where it kept
+them), and run through the final model's (``--checkpoint``: another saved model's) actor features extractor from its
+initial state. At every held step t a ridge regression from the features to the target's (x, y), fitted on half the
+episodes and scored on the other half, gives the held-out R^2: at the last step the target is shown (t = 4) it says
+whether the agent sees where the target is; at the last held step (t = 14) whether its memory still carries it, 10
+steps after it was hidden. A memoryless agent reads about 0 there. With ``--grid`` the readout is of a Tensor
+Memory's grid ``h`` after each step instead (every cell and channel, standardized, ridge 1): whether the memory
+holds the target where the features have lost it; with ``--stem`` of the frames' encoder's output (a pixel task's):
+whether the agent's image encoder sees the target at all. The count of features that are 0 at every held step of
+every episode (a ReLU unit that no longer fires) and the share of features beyond +-tanh(2) (a saturated ``tanh``
+unit) close each run's report, with, for features bounded as a ``tanh``'s, the readout of their ``atanh`` (a
+``tanh`` head's pre-activations). With ``--acting`` the policy acts (deterministically, its state carried) through
+whole episodes and the readout is of its features at every step: whether they keep the target once the arm moves and
+what it sees of the arm is written over it; the fingertip's mean distance from the target at the end closes the
+line.
 
     python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
     python scripts/reacher_readout.py --grid <a tensor_memory run>
@@ -72,14 +73,15 @@ def memory_grids(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
     return torch.stack(grids)
 
 
-def _load(run_dir: str) -> tuple[RecurrentActorCriticPolicy, VecEnv]:
-    """A run's final policy and ``BATCH`` envs of its task, normalised as in training."""
+def _load(run_dir: str, checkpoint: str = "final") -> tuple[RecurrentActorCriticPolicy, VecEnv]:
+    """A run's policy (``checkpoint``: ``final``, ``best``, ``last`` or a saved model's path) and ``BATCH`` envs of
+    its task, normalised as that model was trained."""
     run = RunFolder(run_dir)
     run.require_config("run_dir")
     train_cfg = OmegaConf.load(run.config)
     if train_cfg.env.id not in TASKS:
         raise SystemExit(f"{run_dir}: the run trained on {train_cfg.env.id}; this readout needs one of {TASKS}")
-    model_path = run.model_path("final")
+    model_path = run.model_path(checkpoint)
     policy = MemoryPPO.load(model_path, device="cpu").policy
     return policy, eval_env(train_cfg, model_path, BATCH, seed=0)
 
@@ -113,13 +115,16 @@ def stem_outputs(extractor: torch.nn.Module, obs: Obs) -> torch.Tensor:
     return torch.cat(outputs).view(obs_batch_size(obs), obs_batch_size(map_obs(lambda x: x[0], obs)), -1)
 
 
-def hold_features(run_dir: str, episodes: int, source: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-    """What a run's final model holds over the held steps ``(hold_steps, episodes, F)``: its actor features, its
-    Tensor Memory's grids (``source="grid"``, :func:`memory_grids`) or its image stem's output (``"stem"``,
-    :func:`stem_outputs`); and the targets ``(episodes, 2)``."""
+def hold_features(
+    run_dir: str, episodes: int, source: str = "features", checkpoint: str = "final"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a run's model (``checkpoint``, as :func:`_load` takes it) holds over the held steps
+    ``(hold_steps, episodes, F)``: its actor features, its Tensor Memory's grids (``source="grid"``,
+    :func:`memory_grids`) or its image stem's output (``"stem"``, :func:`stem_outputs`); and the targets
+    ``(episodes, 2)``."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    policy, venv = _load(run_dir)
+    policy, venv = _load(run_dir, checkpoint)
     extractor = policy.pi_features_extractor
     if source == "grid" and not isinstance(extractor, TensorMemoryExtractor):
         raise SystemExit(f"--grid reads a Tensor Memory's grid; this run's extractor is {type(extractor).__name__}")
@@ -147,11 +152,13 @@ def hold_features(run_dir: str, episodes: int, source: str = "features") -> tupl
     return torch.cat(features, dim=1)[:, :episodes], torch.cat(targets)[:episodes]
 
 
-def acting_features(run_dir: str, episodes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Actor features ``(T, episodes, F)`` at every step of whole episodes in which the run's final policy acts
+def acting_features(
+    run_dir: str, episodes: int, checkpoint: str = "final"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Actor features ``(T, episodes, F)`` at every step of whole episodes in which the run's policy acts
     (deterministically, its state carried), the targets ``(episodes, 2)`` and the fingertip's distance from the
     target at the end ``(episodes,)``: whether the features keep the target once the arm moves."""
-    policy, venv = _load(run_dir)
+    policy, venv = _load(run_dir, checkpoint)
     extractor = policy.pi_features_extractor
     features, targets, distances = [], [], []
     for first in range(0, episodes, BATCH):
@@ -214,6 +221,9 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="read a Tensor Memory's grid h, not the features")
     parser.add_argument("--stem", action="store_true", help="read the frames' encoder's output, not the features")
     parser.add_argument(
+        "--checkpoint", default="final", help="the model read: final, best, last or a saved model's path"
+    )
+    parser.add_argument(
         "--acting", action="store_true", help="read the features at every step of episodes the policy acts in"
     )
     args = parser.parse_args()
@@ -225,13 +235,13 @@ def main() -> None:
     torch.set_num_threads(1)
     for run_dir in args.runs:
         if args.acting:
-            features, targets, distances = acting_features(run_dir, args.episodes)
+            features, targets, distances = acting_features(run_dir, args.episodes, args.checkpoint)
             r2 = r2_by_step(features, targets)
             marks = " ".join(f"t = {t}: {r2[t]:.2f}" for t in ACTING_MARKS if t < len(r2))
             print(f"{run_dir}: R^2 of the target from its features as it acts: {marks}")
             print(f"  final distance {distances.mean():.3f} (median {distances.median():.3f})")
             continue
-        features, targets = hold_features(run_dir, args.episodes, source)
+        features, targets = hold_features(run_dir, args.episodes, source, args.checkpoint)
         r2 = r2_by_step(features, targets, args.grid)
         print(f"{run_dir}: R^2 of the target from its {source} by held step: " + " ".join(f"{v:.2f}" for v in r2))
         print(f"  shown (t = 4): {r2[4]:.2f}; hidden 10 steps (t = {len(r2) - 1}): {r2[-1]:.2f}")

@@ -188,6 +188,15 @@ def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_pa
         reacher_readout.readout(str(tmp_path / "lstm"), 128, source="stem")
     with pytest.raises(ValueError, match="source must be one of"):
         reacher_readout.readout(str(tmp_path / "lstm"), 128, source="grids")
+    final, _ = reacher_readout.hold_features(str(tmp_path / "lstm"), 128)
+    by_path, _ = reacher_readout.hold_features(
+        str(tmp_path / "lstm"), 128, checkpoint=str(tmp_path / "lstm" / "model.zip")
+    )
+    torch.testing.assert_close(by_path, final)
+    with pytest.raises(ConfigError, match="no saved model there"):
+        reacher_readout.hold_features(str(tmp_path / "lstm"), 128, checkpoint=str(tmp_path / "lstm" / "step_1.zip"))
+    with pytest.raises(ConfigError, match="has no last model"):
+        reacher_readout.acting_features(str(tmp_path / "lstm"), 128, checkpoint="last")
     acting, targets, distances = reacher_readout.acting_features(str(tmp_path / "lstm"), 128)
     assert acting.shape == (60, 128, 64) and targets.shape == (128, 2) and distances.shape == (128,)
     assert (distances >= 0).all() and distances.max() < 0.5

@@ -20,7 +20,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from tqdm import tqdm
 
 from tmem_agents.algos import MemoryPPO
-from tmem_agents.config_schema import CHECKPOINTS, ConfigError, compose, register_configs, validate_eval
+from tmem_agents.config_schema import ConfigError, compose, register_configs, validate_eval
 from tmem_agents.env_factory import env_builder, make_envs, normalize
 from tmem_agents.evaluation import evaluate
 from tmem_agents.memory_viz import MemoryRecorder, write_video
@@ -46,10 +46,6 @@ class EpisodeProgress(VecEnvWrapper):
         obs, rewards, dones, infos = self.venv.step_wait()
         self.bar.update(int(np.sum(dones)))
         return obs, rewards, dones, infos
-
-
-def _model_path(run: RunFolder, checkpoint: str) -> Path:
-    return run.model_path(checkpoint) if checkpoint in CHECKPOINTS else Path(checkpoint)
 
 
 def eval_env(train_cfg: DictConfig, model_path: Path, n_envs: int, seed: int, render_mode: str | None = None) -> VecEnv:
@@ -116,7 +112,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     validate_eval(cfg)
     run = RunFolder(cfg.run_dir)
     train_cfg = OmegaConf.load(run.config)
-    model_path = _model_path(run, cfg.checkpoint)
+    model_path = run.model_path(cfg.checkpoint)
     if cfg.memory_video and train_cfg.model.name != "tensor_memory":
         raise ConfigError(f"memory_video=true: the run's model is {train_cfg.model.name!r}, not tensor_memory")
     seed = train_cfg.seed + EVAL_SEED_OFFSET if cfg.seed is None else cfg.seed

@@ -128,8 +128,13 @@ class RunFolder:
         return latest
 
     def model_path(self, which: str) -> Path:
-        """The model ``final``, ``best`` or ``last`` (newest checkpoint); raise :class:`ConfigError` if absent."""
+        """The model ``final``, ``best``, ``last`` (newest checkpoint) or at the path ``which`` (a checkpoint's);
+        raise :class:`ConfigError` if absent."""
         paths = {"final": self.final_model, "best": self.best / "model.zip", "last": self.latest_checkpoint()}
+        if which not in paths:
+            if not Path(which).is_file():
+                raise ConfigError(f"checkpoint={which!r}: no saved model there; pass {list(paths)} or a model's path")
+            return Path(which)
         path = paths[which]
         if path is None or not path.is_file():
             raise ConfigError(
