@@ -7,7 +7,8 @@ more rollout) and records, before every clipping, the norm of the whole gradient
 the whole norm, the convolutions' norm and share of it, and the convolutions' norm after clipping. Adam, the
 optimizer, divides each parameter's step by its own gradient's running size, so the clipped norm is not what moves
 them: it also prints the root-mean-square change per parameter over the whole training, of the convolutions and
-of every other parameter, in units of the learning rate.
+of every other parameter, in units of the initial learning rate (a fresh agent's ``algo.lr_schedule=linear``
+decays over the ``--steps`` alone; the constant rate is the one to compare).
 
     python scripts/gradient_shares.py --steps 2048 env=pixel_memory_reacher algo=ppo_pixel model=lstm
     python scripts/gradient_shares.py --run <run dir>
