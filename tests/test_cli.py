@@ -263,6 +263,11 @@ def test_bad_eval_overrides_fail_clearly(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_eval_names_a_missing_checkpoint(trained: RunFolder, capsys: pytest.CaptureFixture[str]) -> None:
+    message = fails(eval_main, [f"run_dir={trained.root}", "checkpoint=nowhere.zip"], capsys)
+    assert "checkpoint='nowhere.zip': must be one of ['final', 'best', 'last'] or the path of a saved model" in message
+
+
 def test_console_scripts_exit_non_zero(tmp_path: Path) -> None:
     code = "import sys; from tmem_agents.{} import main; main()"
     for script, args in (("train", ["total_timesteps=-1", f"hydra.run.dir={tmp_path / 'run'}"]), ("evaluate", [])):

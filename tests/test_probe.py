@@ -193,7 +193,7 @@ def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_pa
         str(tmp_path / "lstm"), 128, checkpoint=str(tmp_path / "lstm" / "model.zip")
     )
     torch.testing.assert_close(by_path, final)
-    with pytest.raises(ConfigError, match="no saved model there"):
+    with pytest.raises(ConfigError, match=r"must be one of \['final', 'best', 'last'\] or the path of a saved model"):
         reacher_readout.hold_features(str(tmp_path / "lstm"), 128, checkpoint=str(tmp_path / "lstm" / "step_1.zip"))
     with pytest.raises(ConfigError, match="has no last model"):
         reacher_readout.acting_features(str(tmp_path / "lstm"), 128, checkpoint="last")

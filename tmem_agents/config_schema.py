@@ -193,7 +193,6 @@ MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
 LOG_FORMATS = ("stdout", "csv", "tensorboard", "log", "json")
 VEC_ENVS = ("dummy", "subproc")
 LR_SCHEDULES = ("constant", "linear")
-CHECKPOINTS = ("final", "best", "last")
 VIDEO_FORMATS = ("mp4", "gif")
 CONFIG_MODULE = "tmem_agents.configs"
 
@@ -358,10 +357,7 @@ def validate_eval(cfg: DictConfig) -> None:
         _fail("output", cfg.output, "must be a file name ending in .json (it is written into the run folder)")
     run = RunFolder(Path(cfg.run_dir))
     run.require_config("run_dir")
-    if cfg.checkpoint in CHECKPOINTS:
-        run.model_path(cfg.checkpoint)
-    elif not Path(cfg.checkpoint).is_file():
-        _fail("checkpoint", cfg.checkpoint, f"must be one of {list(CHECKPOINTS)} or the path of a saved model")
+    run.model_path(cfg.checkpoint)
 
 
 def compose(config_name: str, overrides: list[str]) -> DictConfig:

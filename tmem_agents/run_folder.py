@@ -133,7 +133,7 @@ class RunFolder:
         paths = {"final": self.final_model, "best": self.best / "model.zip", "last": self.latest_checkpoint()}
         if which not in paths:
             if not Path(which).is_file():
-                raise ConfigError(f"checkpoint={which!r}: no saved model there; pass {list(paths)} or a model's path")
+                raise ConfigError(f"checkpoint={which!r}: must be one of {list(paths)} or the path of a saved model")
             return Path(which)
         path = paths[which]
         if path is None or not path.is_file():
