@@ -56,7 +56,7 @@ def rms_change(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
     """Root-mean-square change per number from the tensors ``before`` to ``after`` (0 for no tensors)."""
     if not before:
         return 0.0
-    squares = sum(float((a - b).double().square().sum()) for a, b in zip(after, before, strict=True))
+    squares = sum(float((a.detach() - b).double().square().sum()) for a, b in zip(after, before, strict=True))
     return (squares / sum(b.numel() for b in before)) ** 0.5
 
 
@@ -67,7 +67,8 @@ def gradient_shares(model: MemoryPPO, steps: int) -> dict[str, float]:
     learning rate at the start."""
     convolutions = [p for p in model.policy.parameters() if p.dim() == 4]
     others = [p for p in model.policy.parameters() if p.dim() != 4]
-    before = [[p.detach().clone() for p in convolutions], [p.detach().clone() for p in others]]
+    convolutions_before = [p.detach().clone() for p in convolutions]
+    others_before = [p.detach().clone() for p in others]
     rate = model.lr_schedule(1.0)
     with recording_gradient_norms() as norms:
         model.learn(total_timesteps=steps, reset_num_timesteps=True)
@@ -81,8 +82,8 @@ def gradient_shares(model: MemoryPPO, steps: int) -> dict[str, float]:
         "convolutions": float(conv.median()),
         "share": float((conv / whole).median()),
         "convolutions_clipped": float(clipped.median()),
-        "convolutions_moved": rms_change(before[0], [p.detach() for p in convolutions]) / rate,
-        "others_moved": rms_change(before[1], [p.detach() for p in others]) / rate,
+        "convolutions_moved": rms_change(convolutions_before, convolutions) / rate,
+        "others_moved": rms_change(others_before, others) / rate,
     }
 
 
