@@ -134,6 +134,21 @@ def test_a_block_writes_from_the_tokens_its_config_names(source):
     assert torch.allclose(state["h"], expected["h"]) and torch.allclose(state["c"], expected["c"])
 
 
+def test_without_write_grad_no_gradient_reaches_the_tokens_through_the_memory():
+    tokens = torch.randn(2, 4, 8, requires_grad=True)
+    grads = {}
+    for write_grad in (True, False):
+        memory = _memory(write_grad=write_grad)
+        state = memory.init_state(2)
+        _, state = memory(tokens[:, :2], state)
+        read, _ = memory(torch.randn(2, 2, 8), state)
+        tokens.grad, memory.write_proj.weight.grad = None, None
+        read.square().sum().backward()
+        grads[write_grad] = (tokens.grad, memory.write_proj.weight.grad)
+    assert grads[True][0].abs().max() > 0 and grads[False][0] is None
+    assert torch.equal(grads[True][1], grads[False][1])
+
+
 def test_a_read_cube_reads_the_eight_corners_around_the_read_location():
     memory = _memory(chunk_size=1, read_cube=0.5, read_norm=True)
     assert memory.out_proj.in_features == 8 * 4 and memory.read_norm.normalized_shape == (8 * 4,)
@@ -256,6 +271,7 @@ def test_bad_inputs_raise_clear_errors():
         ("write_from", "tokens"),
         ("read_cube", -0.5),
         ("read_grid", "yes"),
+        ("write_grad", 0),
     ],
 )
 def test_config_validation_names_the_field(field, value):

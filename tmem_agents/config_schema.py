@@ -99,6 +99,7 @@ class MemoryGridConfig:
     read_grid: bool = False
     per_token: bool = False
     write_from: str = "block_input"
+    write_grad: bool = True
     backend: str = "auto"
 
 

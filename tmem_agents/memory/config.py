@@ -58,6 +58,10 @@ class TensorMemoryConfig:
             step whose tokens are small (a blank or occluded observation) writes little. The normed tokens
             have unit scale whatever the observation, so with ``"memory_input"`` every blank step writes as
             much as an informative one.
+        write_grad: ``True``: the losses reach the tokens, and the encoder below them, through what the memory
+            stores as well as through the step's own path. ``False``: the write inputs are projected from the
+            tokens with their gradient stopped: the write heads still learn what to store, but the encoder learns
+            from the step's own path (and the memory's read location) alone, as it would without the memory.
         padding_mode: read padding, ``"border"`` (reference) or ``"zeros"``.
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`tmem_agents.ops.dispatch`).
         check_inputs: raise on NaN or infinite tokens (one reduction per call).
@@ -79,6 +83,7 @@ class TensorMemoryConfig:
     read_grid: bool = False
     per_token: bool = False
     write_from: str = "memory_input"
+    write_grad: bool = True
     padding_mode: str = "border"
     backend: str = "auto"
     check_inputs: bool = True
@@ -99,7 +104,7 @@ class TensorMemoryConfig:
         _require_finite("sigma_bias_init", self.sigma_bias_init)
         _require_finite("gate_init", self.gate_init)
         _require_finite("forget_bias_init", self.forget_bias_init)
-        for name in ("local_update", "read_norm", "read_standardize", "read_grid", "per_token"):
+        for name in ("local_update", "read_norm", "read_standardize", "read_grid", "per_token", "write_grad"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TensorMemoryConfig.{name} must be true or false; got {getattr(self, name)!r}")
         if self.read_norm and self.read_standardize:

@@ -171,7 +171,10 @@ class TensorMemory(nn.Module):
 
         read_loc = self.coordinates(chunks(tokens)[..., :dim]).unsqueeze(3) + self.read_offsets
         read_loc = read_loc.flatten(2, 3)
-        writes = self.write_terms(self.write_proj(chunks(tokens if write_tokens is None else write_tokens)))
+        write_tokens = tokens if write_tokens is None else write_tokens
+        if not self.config.write_grad:
+            write_tokens = write_tokens.detach()
+        writes = self.write_terms(self.write_proj(chunks(write_tokens)))
         if inputs > 1 and num % chunk:  # the padding tokens of a last, partial chunk write nothing
             valid = (torch.arange(read_loc.shape[1] * chunk, device=tokens.device) < num).view(1, -1, chunk)
             values, write_loc, sigma, strength = writes
