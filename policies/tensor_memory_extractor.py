@@ -67,6 +67,10 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     stops firing stays dead: on the pixel memory reacher 49-55 of the 64 ReLU features never fired on the held
     steps after 300k PPO steps with the reconstruction loss, 26 without it (``docs/results.md``).
 
+    ``tokens_to_head=True`` hands the tokenizer's tokens themselves, flattened ``(B, N * d)``, to the head as
+    well, so the image encoder learns through one linear map to the features, as an LSTM's encoder does through
+    its gates, beside the path through the block, its LayerNorms and the memory.
+
     ``head_norm=True`` puts a LayerNorm between the head's linear map and its activation (the trunk of pixel
     SAC-AE and DrQ agents: linear, LayerNorm, tanh). Without it the pre-activations drift to a large offset
     shared by every episode: on the pixel memory reacher, after 300k PPO steps, 57-64% of the ``tanh`` head's
@@ -93,6 +97,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         head_activation: str = "relu",
         read_to_head: bool = False,
         head_norm: bool = False,
+        tokens_to_head: bool = False,
     ) -> None:
         super().__init__(observation_space, features_dim)
         if n_layers < 1:
@@ -120,7 +125,9 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.norm = nn.LayerNorm(token_dim)
         self.pool = ("flatten" if has_image(observation_space) else "mean") if pool == "auto" else pool
         self.read_to_head = read_to_head
+        self.tokens_to_head = tokens_to_head
         pooled = token_dim * (num_tokens if self.pool == "flatten" else 1) + (token_dim if read_to_head else 0)
+        pooled += token_dim * num_tokens if tokens_to_head else 0
         norm = [nn.LayerNorm(features_dim)] if head_norm else []
         self.head = nn.Sequential(nn.Linear(pooled, features_dim), *norm, HEAD_ACTIVATIONS[head_activation]())
 
@@ -174,6 +181,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         pooled = y.flatten(1) if self.pool == "flatten" else y.mean(dim=1)
         if self.read_to_head:
             pooled = torch.cat([pooled, read.flatten(0, 1).mean(dim=1)], dim=-1)
+        if self.tokens_to_head:
+            pooled = torch.cat([pooled, tokens.flatten(0, 1).flatten(1)], dim=-1)
         return self.head(pooled).view(steps, batch, -1), state
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:

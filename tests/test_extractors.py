@@ -231,6 +231,23 @@ def test_read_to_head_features_are_the_head_of_the_pooled_tokens_and_the_read():
     assert not torch.allclose(features, extractor.head(torch.zeros(2, pooled + 8)), atol=1e-3)
 
 
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_tokens_to_head_feeds_the_head_the_tokenizer_output_and_steps_match_the_sequence(n_layers):
+    torch.manual_seed(0)
+    extractor = TensorMemoryExtractor(DICT, tokens_to_head=True, n_layers=n_layers, **KWARGS["tensor_memory"])
+    tokens_dim = 8 * extractor.tokenizer.num_tokens
+    assert extractor.head[0].in_features == 2 * tokens_dim
+    assert _assert_steps_match_the_sequence(extractor, _obs(DICT, 4, 2)).shape == (4, 2, 12)
+    obs = map_obs(lambda x: x[0], _obs(DICT, 1, 2))
+    state = extractor.initial_state(2).apply(torch.randn_like)
+    with torch.no_grad():
+        extractor.head[0].weight[:, :tokens_dim] = 0  # the head now sees the tokenizer's tokens only
+        features, _ = extractor.forward_step(obs, state)
+        expected = extractor.head(torch.cat([torch.zeros(2, tokens_dim), extractor.tokenizer(obs).flatten(1)], -1))
+    assert torch.allclose(features, expected, atol=1e-5)
+    assert not torch.allclose(features, extractor.head(torch.zeros(2, 2 * tokens_dim)), atol=1e-3)
+
+
 def test_auto_pool_flattens_observations_with_an_image_and_averages_vectors():
     for space, pool in ((DICT, "flatten"), (IMAGE, "flatten"), (VECTOR, "mean")):
         extractor = TensorMemoryExtractor(space, **KWARGS["tensor_memory"])

@@ -116,6 +116,7 @@ class TensorMemoryModelConfig(ModelConfig):
     head_activation: str = "relu"
     read_to_head: bool = False
     head_norm: bool = False
+    tokens_to_head: bool = False
     memory: MemoryGridConfig = field(default_factory=MemoryGridConfig)
 
 
