@@ -69,7 +69,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
 
     ``tokens_to_head=True`` hands the tokenizer's tokens themselves, flattened ``(B, N * d)``, to the head as
     well, so the image encoder learns through one linear map to the features, as an LSTM's encoder does through
-    its gates, beside the path through the block, its LayerNorms and the memory.
+    its gates, beside the path through the block, its LayerNorms and the memory (on the pixel memory reacher the
+    CNN did not see the target better for it, ``docs/results.md``).
 
     ``head_norm=True`` puts a LayerNorm between the head's linear map and its activation (the trunk of pixel
     SAC-AE and DrQ agents: linear, LayerNorm, tanh). Without it the pre-activations drift to a large offset
