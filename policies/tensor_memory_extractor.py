@@ -127,8 +127,9 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.pool = ("flatten" if has_image(observation_space) else "mean") if pool == "auto" else pool
         self.read_to_head = read_to_head
         self.tokens_to_head = tokens_to_head
-        pooled = token_dim * (num_tokens if self.pool == "flatten" else 1) + (token_dim if read_to_head else 0)
-        pooled += token_dim * num_tokens if tokens_to_head else 0
+        flat = token_dim * num_tokens
+        pooled = (flat if self.pool == "flatten" else token_dim) + (token_dim if read_to_head else 0)
+        pooled += flat if tokens_to_head else 0
         norm = [nn.LayerNorm(features_dim)] if head_norm else []
         self.head = nn.Sequential(nn.Linear(pooled, features_dim), *norm, HEAD_ACTIVATIONS[head_activation]())
 
