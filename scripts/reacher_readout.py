@@ -10,17 +10,19 @@ whether the agent sees where the target is; at the last held step (t = 14) wheth
 steps after it was hidden. A memoryless agent reads about 0 there. With ``--grid`` the readout is of a Tensor
 Memory's grid ``h`` after each step instead (every cell and channel, standardized, ridge 1): whether the memory
 holds the target where the features have lost it; with ``--stem`` of the frames' encoder's output (a pixel task's):
-whether the agent's image encoder sees the target at all. The count of features that are 0 at every held step of
-every episode (a ReLU unit that no longer fires) and the share of features beyond +-tanh(2) (a saturated ``tanh``
-unit) close each run's report, with, for features bounded as a ``tanh``'s, the readout of their ``atanh`` (a
-``tanh`` head's pre-activations). With ``--acting`` the policy acts (deterministically, its state carried) through
-whole episodes and the readout is of its features at every step: whether they keep the target once the arm moves and
-what it sees of the arm is written over it; the fingertip's mean distance from the target at the end closes the
-line.
+whether the agent's image encoder sees the target at all; with ``--strength`` a Tensor Memory's mean write strength
+at each held step, in place of a readout: whether it writes harder while the target is shown. The count of features
+that are 0 at every held step of every episode (a ReLU unit that no longer fires) and the share of features beyond
++-tanh(2) (a saturated ``tanh`` unit) close each run's report, with, for features bounded as a ``tanh``'s, the
+readout of their ``atanh`` (a ``tanh`` head's pre-activations). With ``--acting`` the policy acts
+(deterministically, its state carried) through whole episodes and the readout is of its features at every step:
+whether they keep the target once the arm moves and what it sees of the arm is written over it; the fingertip's mean
+distance from the target at the end closes the line.
 
     python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
     python scripts/reacher_readout.py --grid <a tensor_memory run>
     python scripts/reacher_readout.py --stem <pixel memory reacher runs>
+    python scripts/reacher_readout.py --strength <tensor_memory runs>
     python scripts/reacher_readout.py --acting --episodes 512 <runs>
 """
 
@@ -46,7 +48,7 @@ from tmem_agents.run_folder import RunFolder
 
 TASKS = ("tmem/MemoryReacherHold-v0", "tmem/PixelMemoryReacher-v0")
 BATCH = 64
-SOURCES = ("features", "grid", "stem")
+SOURCES = ("features", "grid", "stem", "strength")
 ACTING_MARKS = (4, 14, 20, 30, 45, 59)
 
 
@@ -71,6 +73,25 @@ def memory_grids(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
         _, state = extractor.forward_step(map_obs(lambda x, t=t: x[t], obs), state)
         grids.append(state["h"].flatten(1))
     return torch.stack(grids)
+
+
+def write_strengths(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
+    """The mean strength of the writes a Tensor Memory extractor (with ``local_update``) makes at each step of
+    episodes ``obs`` ``(T, B, ...)`` run from its initial state: ``(T, B, 1)``, each in ``(0, 1)``."""
+    memory = extractor.memory
+    if memory.strength is None:
+        raise SystemExit("--strength reads the writes' strength; this run's memory has none (local_update=false)")
+    steps, batch = obs_batch_size(obs), obs_batch_size(map_obs(lambda x: x[0], obs))
+    state, outputs, strengths = extractor.initial_state(batch), [], []
+    handle = memory.strength.register_forward_hook(lambda _m, _i, out: outputs.append(out.reshape(batch, -1)))
+    try:
+        for t in range(steps):
+            _, state = extractor.forward_step(map_obs(lambda x, t=t: x[t], obs), state)
+            strengths.append(torch.sigmoid(torch.cat(outputs, dim=1) + memory.strength_bias).mean(1, keepdim=True))
+            outputs.clear()
+    finally:
+        handle.remove()
+    return torch.stack(strengths)
 
 
 def _load(run_dir: str, checkpoint: str = "final") -> tuple[RecurrentActorCriticPolicy, VecEnv]:
@@ -120,18 +141,19 @@ def hold_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What a run's model (``checkpoint``, as :func:`_load` takes it) holds over the held steps
     ``(hold_steps, episodes, F)``: its actor features, its Tensor Memory's grids (``source="grid"``,
-    :func:`memory_grids`) or its image stem's output (``"stem"``, :func:`stem_outputs`); and the targets
-    ``(episodes, 2)``."""
+    :func:`memory_grids`), its image stem's output (``"stem"``, :func:`stem_outputs`) or its writes' strength
+    (``"strength"``, :func:`write_strengths`); and the targets ``(episodes, 2)``."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     policy, venv = _load(run_dir, checkpoint)
     extractor = policy.pi_features_extractor
-    if source == "grid" and not isinstance(extractor, TensorMemoryExtractor):
-        raise SystemExit(f"--grid reads a Tensor Memory's grid; this run's extractor is {type(extractor).__name__}")
+    if source in ("grid", "strength") and not isinstance(extractor, TensorMemoryExtractor):
+        raise SystemExit(f"--{source} reads a Tensor Memory; this run's extractor is {type(extractor).__name__}")
     read = {
         "features": extractor.episodes,
         "grid": partial(memory_grids, extractor),
         "stem": partial(stem_outputs, extractor),
+        "strength": partial(write_strengths, extractor),
     }
     features, targets = [], []
     for first in range(0, episodes, BATCH):
@@ -220,6 +242,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1024, help="episodes (a multiple of 64 is used whole)")
     parser.add_argument("--grid", action="store_true", help="read a Tensor Memory's grid h, not the features")
     parser.add_argument("--stem", action="store_true", help="read the frames' encoder's output, not the features")
+    parser.add_argument("--strength", action="store_true", help="report a Tensor Memory's mean write strength")
     parser.add_argument(
         "--checkpoint", default="final", help="the model read: final, best, last or a saved model's path"
     )
@@ -229,9 +252,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.episodes < 2 * BATCH:
         parser.error(f"--episodes must be at least {2 * BATCH}, got {args.episodes}")
-    if args.grid + args.stem + args.acting > 1:
-        parser.error("--grid, --stem and --acting read different things; pass one of them")
-    source = "grid" if args.grid else "stem" if args.stem else "features"
+    if args.grid + args.stem + args.strength + args.acting > 1:
+        parser.error("--grid, --stem, --strength and --acting read different things; pass one of them")
+    source = "grid" if args.grid else "stem" if args.stem else "strength" if args.strength else "features"
     torch.set_num_threads(1)
     for run_dir in args.runs:
         if args.acting:
@@ -242,6 +265,10 @@ def main() -> None:
             print(f"  final distance {distances.mean():.3f} (median {distances.median():.3f})")
             continue
         features, targets = hold_features(run_dir, args.episodes, source, args.checkpoint)
+        if source == "strength":
+            means = features.mean(dim=(1, 2))
+            print(f"{run_dir}: mean write strength by held step: " + " ".join(f"{v:.3f}" for v in means))
+            continue
         r2 = r2_by_step(features, targets, args.grid)
         print(f"{run_dir}: R^2 of the target from its {source} by held step: " + " ".join(f"{v:.2f}" for v in r2))
         print(f"  shown (t = 4): {r2[4]:.2f}; hidden 10 steps (t = {len(r2) - 1}): {r2[-1]:.2f}")

@@ -180,8 +180,14 @@ def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_pa
     assert memoryless[-1] < 0.1 < 0.5 < lstm[-1]
     grid = reacher_readout.readout(str(tmp_path / "tensor_memory"), 128, source="grid")
     assert len(grid) == 15 and grid[4] > 0.5  # the memory's grid holds the shown target
-    with pytest.raises(SystemExit, match="--grid reads a Tensor Memory's grid; this run's extractor is LSTM"):
+    with pytest.raises(SystemExit, match="--grid reads a Tensor Memory; this run's extractor is LSTM"):
         reacher_readout.readout(str(tmp_path / "lstm"), 128, source="grid")
+    strength, _ = reacher_readout.hold_features(str(tmp_path / "tensor_memory"), 128, source="strength")
+    assert strength.shape == (15, 128, 1) and ((strength > 0) & (strength < 1)).all()
+    # two tiny updates leave the writes near the strength they start at, sigmoid(strength_bias_init = -2)
+    assert abs(float(strength.mean()) - float(torch.sigmoid(torch.tensor(-2.0)))) < 0.02
+    with pytest.raises(SystemExit, match="--strength reads a Tensor Memory; this run's extractor is LSTM"):
+        reacher_readout.hold_features(str(tmp_path / "lstm"), 128, source="strength")
     with pytest.raises(
         SystemExit, match="--stem reads the frames' encoder; this run's LSTMExtractor encodes no frames"
     ):
