@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -13,6 +14,7 @@ from tmem_agents.algos import MemoryPPO
 from tmem_agents.config_schema import ConfigError, compose
 from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.envs.spatial_recall import SpatialRecallEnv
+from tmem_agents.policies import TensorMemoryExtractor
 from tmem_agents.train import build_model
 from tmem_agents.train import main as train_main
 
@@ -166,6 +168,22 @@ _SPEC_READOUT = importlib.util.spec_from_file_location(
 )
 reacher_readout = importlib.util.module_from_spec(_SPEC_READOUT)
 _SPEC_READOUT.loader.exec_module(reacher_readout)
+
+
+def test_write_strengths_are_the_strength_heads_and_need_local_update():
+    space = gym.spaces.Box(-1.0, 1.0, (12,))
+    extractor = TensorMemoryExtractor(space)
+    extractor.restore_initialisation()  # the strength weights are zero: every write at sigmoid(strength_bias_init)
+    obs = torch.randn(5, 3, 12)
+    strengths = reacher_readout.write_strengths(extractor, obs)
+    assert strengths.shape == (5, 3, 1)
+    torch.testing.assert_close(strengths, torch.full((5, 3, 1), float(torch.sigmoid(torch.tensor(-2.0)))))
+    with torch.no_grad():
+        extractor.memory.strength.weight.normal_()
+    assert reacher_readout.write_strengths(extractor, obs).std() > 0.01  # now each write has its own strength
+    quiet = TensorMemoryExtractor(space, memory={"local_update": False})
+    with pytest.raises(SystemExit, match=r"this run's memory has none \(local_update=false\)"):
+        reacher_readout.write_strengths(quiet, obs)
 
 
 def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_path):
