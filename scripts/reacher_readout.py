@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Iterator
 from functools import partial
 
 import numpy as np
@@ -37,6 +38,7 @@ import torch
 from omegaconf import OmegaConf
 from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.vec_env import VecEnv
+from tensordict import TensorDict
 
 from tmem_agents.algos import MemoryPPO
 from tmem_agents.evaluate import eval_env
@@ -64,15 +66,19 @@ def _batch(venv: VecEnv, seed: int) -> tuple[list, np.ndarray]:
     return steps, targets
 
 
+def step_states(extractor: TensorMemoryExtractor, obs: Obs) -> Iterator[TensorDict]:
+    """The state after each step as ``extractor`` runs episodes ``obs`` ``(T, B, ...)`` one step at a time from its
+    initial state."""
+    state = extractor.initial_state(obs_batch_size(map_obs(lambda x: x[0], obs)))
+    for t in range(obs_batch_size(obs)):
+        _, state = extractor.forward_step(map_obs(lambda x, t=t: x[t], obs), state)
+        yield state
+
+
 def memory_grids(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
     """A Tensor Memory extractor's grid ``h`` after each step of episodes ``obs`` ``(T, B, ...)`` run from its
     initial state, flattened: ``(T, B, C * D * H * W)``."""
-    steps, batch = obs_batch_size(obs), obs_batch_size(map_obs(lambda x: x[0], obs))
-    state, grids = extractor.initial_state(batch), []
-    for t in range(steps):
-        _, state = extractor.forward_step(map_obs(lambda x, t=t: x[t], obs), state)
-        grids.append(state["h"].flatten(1))
-    return torch.stack(grids)
+    return torch.stack([state["h"].flatten(1) for state in step_states(extractor, obs)])
 
 
 def write_strengths(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
@@ -81,14 +87,13 @@ def write_strengths(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
     memory = extractor.memory
     if memory.strength is None:
         raise SystemExit("--strength reads the writes' strength; this run's memory has none (local_update=false)")
-    steps, batch = obs_batch_size(obs), obs_batch_size(map_obs(lambda x: x[0], obs))
-    state, outputs, strengths = extractor.initial_state(batch), [], []
-    handle = memory.strength.register_forward_hook(lambda _m, _i, out: outputs.append(out.reshape(batch, -1)))
+    write_inputs, strengths = [], []  # each memory call's write inputs x_w, as its write_proj makes them
+    handle = memory.write_proj.register_forward_hook(lambda _m, _i, out: write_inputs.append(out))
     try:
-        for t in range(steps):
-            _, state = extractor.forward_step(map_obs(lambda x, t=t: x[t], obs), state)
-            strengths.append(torch.sigmoid(torch.cat(outputs, dim=1) + memory.strength_bias).mean(1, keepdim=True))
-            outputs.clear()
+        for _ in step_states(extractor, obs):
+            step = torch.cat([memory.write_terms(x_w)[3].flatten(1) for x_w in write_inputs], dim=1)
+            strengths.append(step.mean(1, keepdim=True))
+            write_inputs.clear()
     finally:
         handle.remove()
     return torch.stack(strengths)
