@@ -72,6 +72,12 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     its gates, beside the path through the block, its LayerNorms and the memory (on the pixel memory reacher the
     CNN did not see the target better for it, ``docs/results.md``).
 
+    ``block_grad=False`` stops the gradient of the tokens where they enter the block (and the head, with
+    ``tokens_to_head``) but not where the memory writes from them, so the tokenizer, and the image encoder in it,
+    learns only through what the memory stores, as an LSTM's encoder learns only through its cell; the block
+    still sees the step's tokens. It needs the memory to write from the tokens with their gradient
+    (``write_from="block_input"``, ``write_grad=True``), which is the mirror of ``memory.write_grad=False``.
+
     ``head_norm=True`` puts a LayerNorm between the head's linear map and its activation (the trunk of pixel
     SAC-AE and DrQ agents: linear, LayerNorm, tanh). Without it the pre-activations drift to a large offset
     shared by every episode: on the pixel memory reacher, after 300k PPO steps, 57-64% of the ``tanh`` head's
@@ -99,6 +105,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         read_to_head: bool = False,
         head_norm: bool = False,
         tokens_to_head: bool = False,
+        block_grad: bool = True,
     ) -> None:
         super().__init__(observation_space, features_dim)
         if n_layers < 1:
@@ -120,6 +127,12 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
             raise ValueError(
                 f"memory chunk_size {memory.chunk_size} must divide the {num_tokens} tokens of an observation"
             )
+        if not block_grad and (memory.write_from != "block_input" or not memory.write_grad):
+            raise ValueError(
+                "block_grad=false trains the tokenizer only through the memory's write, which needs "
+                f"memory.write_from='block_input' and memory.write_grad=true (got {memory.write_from!r} and "
+                f"{memory.write_grad}): the tokenizer would learn nothing"
+            )
         self.chunks_per_step = num_tokens // memory.chunk_size
         self.memory = TensorMemory(memory, token_dim)
         self.layers = nn.ModuleList(MemoryBlock(PreNormBlock(token_dim, heads), self.memory) for _ in range(n_layers))
@@ -127,6 +140,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.pool = ("flatten" if has_image(observation_space) else "mean") if pool == "auto" else pool
         self.read_to_head = read_to_head
         self.tokens_to_head = tokens_to_head
+        self.block_grad = block_grad
         flat = token_dim * num_tokens
         pooled = (flat if self.pool == "flatten" else token_dim) + (token_dim if read_to_head else 0)
         pooled += flat if tokens_to_head else 0
@@ -156,7 +170,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         """
         steps, batch, num, dim = tokens.shape
         first, last = self.layers[0], self.layers[-1]
-        x = first.pre(tokens.flatten(0, 1)).view(tokens.shape)
+        seen = tokens if self.block_grad else tokens.detach()
+        x = first.pre(seen.flatten(0, 1)).view(tokens.shape)
         if len(self.layers) == 1:
             chunk_starts = None
             if episode_starts is not None:
@@ -184,7 +199,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         if self.read_to_head:
             pooled = torch.cat([pooled, read.flatten(0, 1).mean(dim=1)], dim=-1)
         if self.tokens_to_head:
-            pooled = torch.cat([pooled, tokens.flatten(0, 1).flatten(1)], dim=-1)
+            pooled = torch.cat([pooled, seen.flatten(0, 1).flatten(1)], dim=-1)
         return self.head(pooled).view(steps, batch, -1), state
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:

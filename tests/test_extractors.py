@@ -248,6 +248,38 @@ def test_tokens_to_head_feeds_the_head_the_tokenizer_output_and_steps_match_the_
     assert not torch.allclose(features, extractor.head(torch.zeros(2, 2 * tokens_dim)), atol=1e-3)
 
 
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_without_block_grad_the_tokenizer_learns_only_through_the_memory_write(n_layers):
+    """The features are the same; the tokenizer's gradient comes only through what the memory stores. With one
+    layer a step reads before it writes, so the first step of an episode passes the tokenizer no gradient; with
+    two, the second layer reads what the first wrote in the same step."""
+    obs = _obs(DICT, 2, 2)
+    starts = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    grads, features = {}, {}
+    for block_grad in (True, False):
+        torch.manual_seed(0)
+        extractor = TensorMemoryExtractor(
+            DICT, tokens_to_head=True, block_grad=block_grad, n_layers=n_layers, **KWARGS["tensor_memory"]
+        )
+        out, _ = extractor.sequence(obs, extractor.initial_state(2), starts)
+        features[block_grad] = out.detach()
+        tokenizer = list(extractor.tokenizer.parameters())
+        grads[block_grad] = [
+            torch.cat([g.flatten() for g in torch.autograd.grad(out[t].sum(), tokenizer, retain_graph=True)])
+            for t in range(2)
+        ]
+    assert torch.equal(features[True], features[False])
+    assert grads[True][0].abs().sum() > 0
+    assert (grads[False][0].abs().sum() == 0) == (n_layers == 1)
+    assert grads[False][1].abs().sum() > 0 and not torch.allclose(grads[False][1], grads[True][1])
+
+
+def test_block_grad_off_needs_a_write_that_passes_the_gradient():
+    for memory in ({"write_grad": False}, {"write_from": "memory_input"}):
+        with pytest.raises(ValueError, match="block_grad=false trains the tokenizer only through"):
+            TensorMemoryExtractor(DICT, block_grad=False, memory={**KWARGS["tensor_memory"]["memory"], **memory})
+
+
 def test_auto_pool_flattens_observations_with_an_image_and_averages_vectors():
     for space, pool in ((DICT, "flatten"), (IMAGE, "flatten"), (VECTOR, "mean")):
         extractor = TensorMemoryExtractor(space, **KWARGS["tensor_memory"])

@@ -117,6 +117,7 @@ class TensorMemoryModelConfig(ModelConfig):
     read_to_head: bool = False
     head_norm: bool = False
     tokens_to_head: bool = False
+    block_grad: bool = True
     memory: MemoryGridConfig = field(default_factory=MemoryGridConfig)
 
 
