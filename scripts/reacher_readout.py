@@ -16,8 +16,11 @@ that are 0 at every held step of every episode (a ReLU unit that no longer fires
 +-tanh(2) (a saturated ``tanh`` unit) close each run's report, with, for features bounded as a ``tanh``'s, the
 readout of their ``atanh`` (a ``tanh`` head's pre-activations). With ``--acting`` the policy acts
 (deterministically, its state carried) through whole episodes and the readout is of its features at every step:
-whether they keep the target once the arm moves and what it sees of the arm is written over it; the fingertip's mean
-distance from the target at the end closes the line.
+whether they keep the target once the arm moves and what it sees of the arm is written over it; a second line reads
+the fingertip-to-target vector from them at every step, what the policy must act on (the target where the arm is), a
+third says what share of the features' variance across episodes that vector explains (a layer trained by gradient
+on top learns directions of little variance late), and the fingertip's mean distance from the target at the end
+closes the report.
 
     python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
     python scripts/reacher_readout.py --grid <a tensor_memory run>
@@ -45,7 +48,7 @@ from tmem_agents.evaluate import eval_env
 from tmem_agents.policies import TensorMemoryExtractor
 from tmem_agents.policies.base import Obs, map_obs, obs_batch_size
 from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy
-from tmem_agents.readout import ridge_r2
+from tmem_agents.readout import ridge_r2, variance_share
 from tmem_agents.run_folder import RunFolder
 
 TASKS = ("tmem/MemoryReacherHold-v0", "tmem/PixelMemoryReacher-v0")
@@ -181,30 +184,39 @@ def hold_features(
 
 def acting_features(
     run_dir: str, episodes: int, checkpoint: str = "final"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Actor features ``(T, episodes, F)`` at every step of whole episodes in which the run's policy acts
-    (deterministically, its state carried), the targets ``(episodes, 2)`` and the fingertip's distance from the
-    target at the end ``(episodes,)``: whether the features keep the target once the arm moves."""
+    (deterministically, its state carried), the targets ``(episodes, 2)``, the fingertip-to-target vectors as
+    each step is observed ``(T, episodes, 2)`` and the fingertip's distance from the target at the end
+    ``(episodes,)``: whether the features keep the target once the arm moves, and the target where the arm is."""
     policy, venv = _load(run_dir, checkpoint)
     extractor = policy.pi_features_extractor
-    features, targets, distances = [], [], []
+    features, targets, offsets, distances = [], [], [], []
     for first in range(0, episodes, BATCH):
         venv.seed(first)
         observation = venv.reset()
         envs = venv.get_attr("unwrapped")
         targets.append(torch.as_tensor(np.stack([env.get_body_com("target")[:2] for env in envs])))
-        state, features_state, steps = None, extractor.initial_state(BATCH), []
+        state, features_state, steps, step_offsets = None, extractor.initial_state(BATCH), [], []
         done = np.zeros(BATCH, dtype=bool)
         while not done.all():
             with torch.no_grad():
                 step_features, features_state = extractor.forward_step(_obs_tensor(policy, observation), features_state)
             steps.append(step_features)
+            tips = np.stack([env.get_body_com("target")[:2] - env.get_body_com("fingertip")[:2] for env in envs])
+            step_offsets.append(torch.as_tensor(tips))
             actions, state = policy.predict(observation, state, deterministic=True)
             observation, _, done, infos = venv.step(actions)
         features.append(torch.stack(steps))
+        offsets.append(torch.stack(step_offsets))
         distances.append(torch.as_tensor([info["final_distance"] for info in infos]))
     venv.close()
-    return torch.cat(features, dim=1)[:, :episodes], torch.cat(targets)[:episodes], torch.cat(distances)[:episodes]
+    return (
+        torch.cat(features, dim=1)[:, :episodes],
+        torch.cat(targets)[:episodes],
+        torch.cat(offsets, dim=1)[:, :episodes],
+        torch.cat(distances)[:episodes],
+    )
 
 
 def r2_by_step(features: torch.Tensor, targets: torch.Tensor, grid: bool = False) -> list[float]:
@@ -263,10 +275,16 @@ def main() -> None:
     torch.set_num_threads(1)
     for run_dir in args.runs:
         if args.acting:
-            features, targets, distances = acting_features(run_dir, args.episodes, args.checkpoint)
+            features, targets, offsets, distances = acting_features(run_dir, args.episodes, args.checkpoint)
             r2 = r2_by_step(features, targets)
             marks = " ".join(f"t = {t}: {r2[t]:.2f}" for t in ACTING_MARKS if t < len(r2))
             print(f"{run_dir}: R^2 of the target from its features as it acts: {marks}")
+            r2 = [ridge_r2(step, offset) for step, offset in zip(features, offsets, strict=True)]
+            marks = " ".join(f"t = {t}: {r2[t]:.2f}" for t in ACTING_MARKS if t < len(r2))
+            print(f"  of the fingertip-to-target vector: {marks}")
+            shares = [variance_share(features[t], offsets[t]) for t in ACTING_MARKS if t < len(features)]
+            marks = " ".join(f"t = {t}: {v:.2f}" for t, v in zip(ACTING_MARKS, shares, strict=False))
+            print(f"  share of the features' variance that vector explains: {marks}")
             print(f"  final distance {distances.mean():.3f} (median {distances.median():.3f})")
             continue
         features, targets = hold_features(run_dir, args.episodes, source, args.checkpoint)

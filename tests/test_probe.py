@@ -221,8 +221,9 @@ def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_pa
         reacher_readout.hold_features(str(tmp_path / "lstm"), 128, checkpoint=str(tmp_path / "lstm" / "step_1.zip"))
     with pytest.raises(ConfigError, match="has no last model"):
         reacher_readout.acting_features(str(tmp_path / "lstm"), 128, checkpoint="last")
-    acting, targets, distances = reacher_readout.acting_features(str(tmp_path / "lstm"), 128)
+    acting, targets, offsets, distances = reacher_readout.acting_features(str(tmp_path / "lstm"), 128)
     assert acting.shape == (60, 128, 64) and targets.shape == (128, 2) and distances.shape == (128,)
+    assert offsets.shape == (60, 128, 2) and (offsets[-1].norm(dim=-1) - distances).abs().max() < 0.05
     assert (distances >= 0).all() and distances.max() < 0.5
     assert reacher_readout.r2_by_step(acting, targets)[4] > 0.9  # the shown target, as the arm is held
     features = torch.tensor([[[0.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]]])  # (T, B, F): feature 1 fires once

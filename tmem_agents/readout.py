@@ -15,3 +15,17 @@ def ridge_r2(features: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) 
     weights = torch.linalg.solve(x[:half].T @ x[:half] + penalty, x[:half].T @ y[:half])
     residual = y[half:] - x[half:] @ weights
     return (1 - residual.pow(2).sum(0) / (y[half:] - y[half:].mean(0)).pow(2).sum(0)).mean().item()
+
+
+def variance_share(features: torch.Tensor, target: torch.Tensor) -> float:
+    """Share of the variance of ``features`` ``(B, F)`` across the rows (summed over the features) that a
+    least-squares linear function of ``target`` ``(B, k)`` explains.
+
+    Where ``ridge_r2`` says whether a quantity can be read from the features at all, this says how much of the
+    features it moves: a gradient-trained layer on top learns the directions of large variance first, so a
+    quantity that lies along directions of little variance is learned late.
+    """
+    x = features.double() - features.double().mean(0)
+    y = target.double() - target.double().mean(0)
+    fitted = y @ torch.linalg.lstsq(y, x).solution
+    return (fitted.pow(2).sum() / x.pow(2).sum()).item()
