@@ -276,15 +276,13 @@ def main() -> None:
     for run_dir in args.runs:
         if args.acting:
             features, targets, offsets, distances = acting_features(run_dir, args.episodes, args.checkpoint)
-            r2 = r2_by_step(features, targets)
-            marks = " ".join(f"t = {t}: {r2[t]:.2f}" for t in ACTING_MARKS if t < len(r2))
-            print(f"{run_dir}: R^2 of the target from its features as it acts: {marks}")
-            r2 = [ridge_r2(step, offset) for step, offset in zip(features, offsets, strict=True)]
-            marks = " ".join(f"t = {t}: {r2[t]:.2f}" for t in ACTING_MARKS if t < len(r2))
-            print(f"  of the fingertip-to-target vector: {marks}")
-            shares = [variance_share(features[t], offsets[t]) for t in ACTING_MARKS if t < len(features)]
-            marks = " ".join(f"t = {t}: {v:.2f}" for t, v in zip(ACTING_MARKS, shares, strict=False))
-            print(f"  share of the features' variance that vector explains: {marks}")
+            marks = [t for t in ACTING_MARKS if t < len(features)]
+            target_r2 = " ".join(f"t = {t}: {ridge_r2(features[t], targets):.2f}" for t in marks)
+            print(f"{run_dir}: R^2 of the target from its features as it acts: {target_r2}")
+            vector_r2 = " ".join(f"t = {t}: {ridge_r2(features[t], offsets[t]):.2f}" for t in marks)
+            print(f"  of the fingertip-to-target vector: {vector_r2}")
+            shares = " ".join(f"t = {t}: {variance_share(features[t], offsets[t]):.2f}" for t in marks)
+            print(f"  share of the features' variance that vector explains: {shares}")
             print(f"  final distance {distances.mean():.3f} (median {distances.median():.3f})")
             continue
         features, targets = hold_features(run_dir, args.episodes, source, args.checkpoint)
