@@ -232,6 +232,34 @@ def test_read_to_head_features_are_the_head_of_the_pooled_tokens_and_the_read():
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])
+def test_memory_features_come_from_the_read_alone_and_steps_match_the_sequence(n_layers):
+    """The last ``memory_features`` features are the memory head of the read: with the whole grid read and one
+    layer, the first step of an episode reads an empty memory, so they are the same whatever the step shows
+    (with two, the second layer reads what the first wrote)."""
+    torch.manual_seed(0)
+    memory = {**KWARGS["tensor_memory"]["memory"], "read_grid": True}
+    kwargs = {**KWARGS["tensor_memory"], "memory": memory}
+    extractor = TensorMemoryExtractor(DICT, memory_features=5, head_norm=True, n_layers=n_layers, **kwargs)
+    assert extractor.head[0].out_features == 7 and extractor.memory_head[0].in_features == 8
+    assert isinstance(extractor.memory_head[1], nn.LayerNorm)
+    features = _assert_steps_match_the_sequence(extractor, _obs(DICT, 4, 2))
+    assert features.shape == (4, 2, 12)
+    obs = map_obs(lambda x: x[0], _obs(DICT, 1, 2, seed=1))
+    with torch.no_grad():
+        first, _ = extractor.forward_step(obs, extractor.initial_state(2))
+        later, _ = extractor.forward_step(obs, extractor.initial_state(2).apply(torch.randn_like))
+    assert torch.allclose(first[0, 7:], first[1, 7:]) == (n_layers == 1)
+    assert not torch.allclose(first[0, :7], first[1, :7])
+    assert not torch.allclose(later[0, 7:], later[1, 7:])
+
+
+def test_memory_features_must_leave_features_to_the_tokens():
+    for bad in (-1, 12, 2.0, True):
+        with pytest.raises(ValueError, match="memory_features must be"):
+            TensorMemoryExtractor(DICT, memory_features=bad, **KWARGS["tensor_memory"])
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
 def test_tokens_to_head_feeds_the_head_the_tokenizer_output_and_steps_match_the_sequence(n_layers):
     torch.manual_seed(0)
     extractor = TensorMemoryExtractor(DICT, tokens_to_head=True, n_layers=n_layers, **KWARGS["tensor_memory"])

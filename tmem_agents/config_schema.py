@@ -118,6 +118,7 @@ class TensorMemoryModelConfig(ModelConfig):
     head_norm: bool = False
     tokens_to_head: bool = False
     block_grad: bool = True
+    memory_features: int = 0
     memory: MemoryGridConfig = field(default_factory=MemoryGridConfig)
 
 
