@@ -92,6 +92,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     target at ``R^2`` 0.78 (``docs/results.md``). A head of its own gives what the memory holds a fixed share
     of the features, each half normed on its own with ``head_norm``. The read is the state before the step's
     write, so the memory's features lag the observation by a step; the tokens' half carries the step itself.
+    Trained by PPO on that task (``M = 32``, three seeds) it scored level with one head, its CNN seeing the target
+    less and the target's share of the features falling.
 
     Args:
         memory: a dict of :class:`TensorMemoryConfig` fields, applied over :data:`EXTRACTOR_MEMORY_DEFAULTS` and
