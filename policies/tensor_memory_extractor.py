@@ -84,7 +84,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     pre-activations lay beyond +-2 (84-90% with ``read_to_head``), so the features barely varied with what
     the tokens saw and their gradient vanished (``docs/results.md``).
 
-    ``memory_features=M`` (``0 < M < features_dim``) gives the memory's read a head of its own: the last ``M``
+    ``memory_features=M`` (``0 < M <= features_dim``) gives the memory's read a head of its own: the last ``M``
     features are ``Linear -> (LayerNorm) -> activation`` of the read alone (averaged over the step's tokens as
     with ``read_to_head``), the first ``features_dim - M`` the head of the pooled tokens. With one shared head
     the step's tokens set most of the features' spread: on the pixel memory reacher the arm's joints explained
@@ -93,7 +93,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     of the features, each half normed on its own with ``head_norm``. The read is the state before the step's
     write, so the memory's features lag the observation by a step; the tokens' half carries the step itself.
     Trained by PPO on that task (``M = 32``, three seeds) it scored level with one head, its CNN seeing the target
-    less and the target's share of the features falling.
+    less and the target's share of the features falling. ``M = features_dim`` takes every feature from the read,
+    as an LSTM's features are its state; it needs ``memory.read_after_write`` so that the read holds the step.
 
     Args:
         memory: a dict of :class:`TensorMemoryConfig` fields, applied over :data:`EXTRACTOR_MEMORY_DEFAULTS` and
@@ -128,10 +129,10 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
             raise ValueError(f"head_activation must be one of {tuple(HEAD_ACTIVATIONS)}, got {head_activation!r}")
         if isinstance(memory_features, bool) or not isinstance(memory_features, int):
             raise ValueError(f"memory_features must be an int, got {memory_features!r}")
-        if not 0 <= memory_features < features_dim:
+        if not 0 <= memory_features <= features_dim:
             raise ValueError(
-                f"memory_features must be in [0, features_dim={features_dim}), got {memory_features}: the memory's "
-                "read has a head of its own for that many features, and the step's tokens need the rest"
+                f"memory_features must be in [0, features_dim={features_dim}], got {memory_features}: the memory's "
+                "read has a head of its own for that many features, the step's tokens the rest"
             )
         self.tokenizer = make_tokenizer(observation_space, token_dim, group_size, image_stem, image_tokens)
         if not isinstance(memory, TensorMemoryConfig):
@@ -152,6 +153,12 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
                 f"memory.write_from='block_input' and memory.write_grad=true (got {memory.write_from!r} and "
                 f"{memory.write_grad}): the tokenizer would learn nothing"
             )
+        if memory_features == features_dim and not memory.read_after_write:
+            raise ValueError(
+                f"memory_features={memory_features} takes every feature from the memory's read, which then never "
+                "sees the step's observation: set memory.read_after_write=true (each step reads the state after "
+                "its write), or leave some features to the tokens' head"
+            )
         self.chunks_per_step = num_tokens // memory.chunk_size
         self.memory = TensorMemory(memory, token_dim)
         self.layers = nn.ModuleList(MemoryBlock(PreNormBlock(token_dim, heads), self.memory) for _ in range(n_layers))
@@ -168,7 +175,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
             norm = [nn.LayerNorm(width_out)] if head_norm else []
             return nn.Sequential(nn.Linear(width_in, width_out), *norm, HEAD_ACTIVATIONS[head_activation]())
 
-        self.head = head(pooled, features_dim - memory_features)
+        self.head = head(pooled, features_dim - memory_features) if memory_features < features_dim else None
         self.memory_head = head(token_dim, memory_features) if memory_features else None
 
     def restore_initialisation(self) -> None:
@@ -218,9 +225,11 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
                 outputs.append(y)
                 reads.append(read)
             y, read = torch.stack(outputs), torch.stack(reads)
+        read = read.flatten(0, 1).mean(dim=1)
+        if self.head is None:
+            return self.memory_head(read).view(steps, batch, -1), state
         y = self.norm(last.post(y.flatten(0, 1)))
         pooled = y.flatten(1) if self.pool == "flatten" else y.mean(dim=1)
-        read = read.flatten(0, 1).mean(dim=1)
         if self.read_to_head:
             pooled = torch.cat([pooled, read], dim=-1)
         if self.tokens_to_head:

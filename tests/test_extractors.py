@@ -253,10 +253,29 @@ def test_memory_features_come_from_the_read_alone_and_steps_match_the_sequence(n
     assert not torch.allclose(later[0, 7:], later[1, 7:])
 
 
-def test_memory_features_must_leave_features_to_the_tokens():
-    for bad in (-1, 12, 2.0, True):
+def test_memory_features_are_refused_out_of_range_or_all_without_a_read_after_the_write():
+    for bad in (-1, 13, 2.0, True):
         with pytest.raises(ValueError, match="memory_features must be"):
             TensorMemoryExtractor(DICT, memory_features=bad, **KWARGS["tensor_memory"])
+    with pytest.raises(ValueError, match="read_after_write"):
+        TensorMemoryExtractor(DICT, memory_features=12, **KWARGS["tensor_memory"])
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_features_from_the_memory_alone_read_the_state_after_the_steps_write(n_layers):
+    """With every feature from the read after the step's write, the first step of an episode already sees
+    its observation, and steps match the sequence."""
+    torch.manual_seed(0)
+    memory = {**KWARGS["tensor_memory"]["memory"], "read_grid": True, "read_after_write": True}
+    kwargs = {**KWARGS["tensor_memory"], "memory": memory}
+    extractor = TensorMemoryExtractor(DICT, memory_features=12, n_layers=n_layers, **kwargs)
+    assert extractor.head is None and extractor.memory_head[0].out_features == 12
+    features = _assert_steps_match_the_sequence(extractor, _obs(DICT, 4, 2))
+    assert features.shape == (4, 2, 12)
+    obs = map_obs(lambda x: x[0], _obs(DICT, 1, 2, seed=1))
+    with torch.no_grad():
+        first, _ = extractor.forward_step(obs, extractor.initial_state(2))
+    assert not torch.allclose(first[0], first[1])
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])

@@ -1,6 +1,8 @@
 """The hand-written recurrence against autograd through the plain per-step loop, the channel-major write
 share against the reference, and the module's scan against one reference ``memory_step`` per chunk."""
 
+import functools
+
 import pytest
 import torch
 
@@ -57,34 +59,41 @@ def _masses(form):
     return torch.rand(STEPS, BATCH, 1, *GRID, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
 
 
-def _plain(masses, volumes, h, c, *weights):
+@pytest.fixture(params=[False, True], ids=["read_before_write", "read_after_write"])
+def after_write(request):
+    """The state each step reads: the one before the step, or the step's new one."""
+    return request.param
+
+
+def _plain(after_write, masses, volumes, h, c, *weights):
     """The reference, step by step: the factorized conv of concat(V, h), the LSTM update, the local update."""
-    read_from = []
+    reads = []
     for step in range(STEPS):
         keep = KEEP[step].view(-1, 1, 1, 1, 1)
         h, c = h * keep, c * keep
-        read_from.append(h)
+        if not after_write:
+            reads.append(h)
         h_next, c_next = lstm_update(factorized_conv(torch.cat([volumes[step], h], 1), ConvWeights(*weights)), c)
         h, c = (h_next, c_next) if masses is None else local_update(h, c, h_next, c_next, masses[step])
-    return torch.stack(read_from), h, c
+        if after_write:
+            reads.append(h)
+    return torch.stack(reads), h, c
 
 
-def _fast(masses, volumes, h, c, *weights):
-    return recurrence(volumes, h, c, KEEP, ConvWeights(*weights), masses)
+def _fast(after_write, masses, volumes, h, c, *weights):
+    return recurrence(volumes, h, c, KEEP, ConvWeights(*weights), masses, after_write=after_write)
 
 
-def _with_masses(form):
+def _with_masses(form, after_write=False):
     masses = _masses(form)
     inputs = _inputs() if masses is None else (masses.requires_grad_(), *_inputs())
-    return (
-        inputs,
-        (lambda *args: _plain(None, *args)) if masses is None else _plain,
-        ((lambda *args: _fast(None, *args)) if masses is None else _fast),
-    )
+    if masses is None:
+        return inputs, functools.partial(_plain, after_write, None), functools.partial(_fast, after_write, None)
+    return inputs, functools.partial(_plain, after_write), functools.partial(_fast, after_write)
 
 
-def test_recurrence_matches_the_plain_loop_forward_and_backward(depthwise_form, update_form):
-    inputs, plain, fast = _with_masses(update_form)
+def test_recurrence_matches_the_plain_loop_forward_and_backward(depthwise_form, update_form, after_write):
+    inputs, plain, fast = _with_masses(update_form, after_write)
     for a, b in zip(plain(*inputs), fast(*inputs), strict=True):
         assert torch.allclose(a, b, atol=1e-12)
     cotangents = [torch.randn_like(t) for t in plain(*inputs)]
@@ -94,8 +103,8 @@ def test_recurrence_matches_the_plain_loop_forward_and_backward(depthwise_form, 
         assert torch.allclose(a, b, atol=1e-10)
 
 
-def test_recurrence_gradcheck(depthwise_form, update_form):
-    inputs, _, fast = _with_masses(update_form)
+def test_recurrence_gradcheck(depthwise_form, update_form, after_write):
+    inputs, _, fast = _with_masses(update_form, after_write)
     assert torch.autograd.gradcheck(fast, inputs, fast_mode=True)
 
 
@@ -167,10 +176,10 @@ def test_write_gates_equal_the_reference_input_gates(depthwise_form):
         assert torch.allclose(a, b, atol=1e-10)
 
 
-def test_float32_kernel_matches_the_float64_pytorch_form(monkeypatch):
+def test_float32_kernel_matches_the_float64_pytorch_form(monkeypatch, after_write):
     if not cpu_kernel.available(torch.zeros(1)):
         pytest.skip("no C compiler: the recurrence runs its PyTorch form")
-    inputs, _, fast = _with_masses("local")
+    inputs, _, fast = _with_masses("local", after_write)
     single = [t.detach().float().requires_grad_() for t in inputs]
     out_single = fast(*single)
     cotangents = [torch.randn_like(t) for t in out_single]

@@ -185,6 +185,22 @@ def test_a_grid_read_reads_every_cell_of_the_state_before_the_write(monkeypatch,
     assert torch.allclose(out, out_no_grad, atol=1e-5) and torch.allclose(new_state["h"], state_no_grad["h"], atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel", ["1", "0"])
+def test_a_grid_read_after_the_write_reads_each_steps_new_state(monkeypatch, kernel):
+    monkeypatch.setenv("TMEM_CPU_KERNEL", kernel)
+    memory = _memory(chunk_size=2, read_grid=True, read_norm=True, local_update=True, read_after_write=True)
+    state = memory.init_state(2).apply(lambda t: torch.randn_like(t))
+    tokens = torch.randn(2, 4, 8)
+    starts = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    out, new_state = memory(tokens, state, starts)
+    _, first = memory(tokens[:, :2], state)
+    expected = memory.out_proj(memory.read_norm(torch.stack([first["h"], new_state["h"]], dim=1).flatten(2)))
+    assert torch.allclose(out, expected.repeat_interleave(2, dim=1), atol=1e-5)
+    with torch.no_grad():
+        out_no_grad, state_no_grad = memory(tokens, state, starts)
+    assert torch.allclose(out, out_no_grad, atol=1e-5) and torch.allclose(new_state["h"], state_no_grad["h"], atol=1e-5)
+
+
 @pytest.mark.parametrize("local", [False, True])
 def test_per_token_every_token_reads_its_place_and_padding_writes_nothing(local):
     memory = _memory(chunk_size=2, per_token=True, local_update=local, backend="torch")
@@ -348,14 +364,22 @@ def test_single_token_attention_equals_multihead_attention():
 
 
 @pytest.mark.parametrize("kernel", ["1", "0"])
+@pytest.mark.parametrize("after_write", [False, True])
 @pytest.mark.parametrize(
     ("local", "cube", "per_token"), [(False, 0.0, False), (True, 0.0, False), (True, 0.5, False), (True, 0.5, True)]
 )
-def test_no_grad_forward_equals_the_training_forward(monkeypatch, kernel, local, cube, per_token):
+def test_no_grad_forward_equals_the_training_forward(monkeypatch, kernel, after_write, local, cube, per_token):
     """Rollouts (no grad: the scan with the C kernel, or one reference step per chunk without it) compute
-    what training computes."""
+    what training computes, reading before or after each step's write."""
     monkeypatch.setenv("TMEM_CPU_KERNEL", kernel)
-    memory = _memory(chunk_size=2, local_update=local, read_norm=local, read_cube=cube, per_token=per_token)
+    memory = _memory(
+        chunk_size=2,
+        local_update=local,
+        read_norm=local,
+        read_cube=cube,
+        per_token=per_token,
+        read_after_write=after_write,
+    )
     tokens = torch.randn(3, 6, 8)
     starts = torch.tensor([[0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.float32)
     state = memory.init_state(3).apply(lambda t: torch.randn_like(t) * 0.5)

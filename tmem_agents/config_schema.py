@@ -97,6 +97,7 @@ class MemoryGridConfig:
     read_standardize: bool = False
     read_cube: float = 0.0
     read_grid: bool = False
+    read_after_write: bool = False
     per_token: bool = False
     write_from: str = "block_input"
     write_grad: bool = True

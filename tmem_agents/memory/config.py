@@ -46,6 +46,11 @@ class TensorMemoryConfig:
             numbers into ``read_norm`` and ``out_proj``), so ``out_proj`` is a learned readout of every cell and
             nothing the grid holds is lost to where the read lands. The read location is then unused; the
             shared coordinate head still places the writes. ``False`` (reference): a trilinear read.
+        read_after_write: ``False`` (reference): each step reads the state before its write, so the read holds
+            what earlier steps stored. ``True``: each step reads the state after its own write and update, as
+            an LSTM's output is its state after the step: the read then holds the step's own observation as
+            well, and features taken from the read alone (the extractor's ``memory_features``) can stand for
+            the whole observation.
         per_token: ``False`` (reference): a chunk's first token reads, and the chunk makes one write, projected
             from all its tokens, its read broadcast back to every token. ``True``: every token of a chunk reads at
             its own location and writes from its own write input (its own location, content, spread and
@@ -81,6 +86,7 @@ class TensorMemoryConfig:
     read_standardize: bool = False
     read_cube: float = 0.0
     read_grid: bool = False
+    read_after_write: bool = False
     per_token: bool = False
     write_from: str = "memory_input"
     write_grad: bool = True
@@ -104,7 +110,8 @@ class TensorMemoryConfig:
         _require_finite("sigma_bias_init", self.sigma_bias_init)
         _require_finite("gate_init", self.gate_init)
         _require_finite("forget_bias_init", self.forget_bias_init)
-        for name in ("local_update", "read_norm", "read_standardize", "read_grid", "per_token", "write_grad"):
+        flags = ("local_update", "read_norm", "read_standardize", "read_grid", "read_after_write", "per_token")
+        for name in (*flags, "write_grad"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TensorMemoryConfig.{name} must be true or false; got {getattr(self, name)!r}")
         if self.read_norm and self.read_standardize:

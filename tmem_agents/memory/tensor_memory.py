@@ -28,9 +28,10 @@ class TensorMemory(nn.Module):
     ``(W, H, D)``, so a token that wrote at ``p`` reads from ``p`` when seen again. The write carries ``v = W_v
     x_w`` with spread ``sigma = sigma_scale * (softplus(w_s x_w) + 1e-4)``. Each step reads ``h`` at ``p_r`` (or at
     the 8 corners of a cube around it, ``read_cube``; or reads every cell, ``read_grid``), then writes and updates
-    (:func:`tmem_agents.ops.memory_step`). The chunk's read vector is projected back to ``d`` (``out_proj``) and
-    broadcast to its tokens. With ``per_token`` every token of the chunk is a read input and (projected on its
-    own) a write input, and receives its own read. The state's size never depends on the horizon.
+    (:func:`tmem_agents.ops.memory_step`); with ``read_after_write`` it reads the state after its write instead.
+    The chunk's read vector is projected back to ``d`` (``out_proj``) and broadcast to its tokens. With
+    ``per_token`` every token of the chunk is a read input and (projected on its own) a write input, and receives
+    its own read. The state's size never depends on the horizon.
     """
 
     def __init__(self, config: TensorMemoryConfig, token_dim: int) -> None:
@@ -220,7 +221,8 @@ class TensorMemory(nn.Module):
                 backend=cfg.backend,
             ).view(steps, batch, 1, *cfg.grid)
         keep = torch.ones(steps, batch, device=h.device) if chunk_starts is None else 1.0 - chunk_starts.T.to(h.dtype)
-        read_from, h, c = recurrence(volumes.view(steps, batch, channels, *cfg.grid), h, c, keep, weights, masses)
+        volumes = volumes.view(steps, batch, channels, *cfg.grid)
+        read_from, h, c = recurrence(volumes, h, c, keep, weights, masses, after_write=cfg.read_after_write)
         if cfg.read_grid:
             reads = read_from
         else:
@@ -232,14 +234,15 @@ class TensorMemory(nn.Module):
     def _steps(self, h, c, read_loc, writes, chunk_starts):
         """Without gradients (rollouts, deployment) on other devices, or on a CPU without the C kernel: one
         :func:`~tmem_agents.ops.memory_step` per chunk, the fused kernel (one launch per step) on the Triton
-        backend."""
+        backend; with ``read_after_write``, a read of the new state after each step."""
         values, write_loc, sigma, strength = writes
+        cfg = self.config
         weights = self.update.weights()
         reads = []
         for step in range(values.shape[1]):
             if chunk_starts is not None:
                 h, c = zero_rows(h, chunk_starts[:, step]), zero_rows(c, chunk_starts[:, step])
-            grid = h.flatten(1)
+            grid = h
             read, h, c = memory_step(
                 h,
                 c,
@@ -248,10 +251,14 @@ class TensorMemory(nn.Module):
                 write_loc[:, step],
                 sigma[:, step],
                 weights,
-                radius=self.config.write_radius,
-                padding_mode=self.config.padding_mode,
+                radius=cfg.write_radius,
+                padding_mode=cfg.padding_mode,
                 strength=None if strength is None else strength[:, step],
-                backend=self.config.backend,
+                backend=cfg.backend,
             )
-            reads.append(grid if self.config.read_grid else read.flatten(1))
+            if cfg.read_after_write:
+                grid = h
+                if not cfg.read_grid:
+                    read = trilinear_read(h, read_loc[:, step], padding_mode=cfg.padding_mode, backend=cfg.backend)
+            reads.append(grid.flatten(1) if cfg.read_grid else read.flatten(1))
         return torch.stack(reads, dim=1), h, c

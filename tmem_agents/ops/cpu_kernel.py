@@ -83,8 +83,8 @@ def _library(real: str) -> ctypes.CDLL | None:
         _FAILURES.append(str(error))
         return None
     pointer = ctypes.c_void_p
-    library.recurrence_forward.argtypes = [ctypes.POINTER(_Shape)] + [pointer] * 16
-    library.recurrence_backward.argtypes = [ctypes.POINTER(_Shape)] + [pointer] * 20
+    library.recurrence_forward.argtypes = [ctypes.POINTER(_Shape)] + [pointer] * 17
+    library.recurrence_backward.argtypes = [ctypes.POINTER(_Shape)] + [pointer] * 21
     return library
 
 
@@ -114,10 +114,11 @@ def _shape(steps: int, h: torch.Tensor) -> _Shape:
 class Saved:
     """What the forward keeps for the backward, in the kernel's layouts (see ``recurrence.c``)."""
 
-    def __init__(self, steps: int, h: torch.Tensor, local: bool) -> None:
+    def __init__(self, steps: int, h: torch.Tensor, local: bool, after_write: bool) -> None:
         channels, cells = h.shape[0], h[0].numel()
         new = functools.partial(torch.empty, dtype=h.dtype, device=h.device)
         self.read_from = new(channels, steps, *h.shape[1:])
+        self.written = new(channels, steps, *h.shape[1:]) if after_write else None
         self.cells = new(steps, channels, cells)
         self.mixed = new(2 * channels, steps, cells)
         self.activations = new(steps, 5 * channels, cells)
@@ -135,19 +136,22 @@ def forward(
     pointwise_bias: torch.Tensor,
     taps: torch.Tensor,
     biases: torch.Tensor,
+    after_write: bool = False,
 ) -> tuple[Saved, torch.Tensor, torch.Tensor]:
     """``K`` steps from ``h, c (C, N, D, H, W)``, all channel-major: the written volumes ``(C, K, N D H W)``,
     keep ``(K, N)``, resets ``(K,)`` uint8, masses ``(K, N D H W)`` or ``None``, pointwise ``(4C, 2C)`` and
     pointwise_bias ``(4C,)``, taps ``(3, 2C, 3)`` and biases ``(3, 2C)`` (axes D, H, W). Returns what the
-    backward needs and the final ``h, c``."""
+    backward needs (with ``after_write``, each step's new ``h`` too: ``Saved.written (C, K, N, D, H, W)``) and the
+    final ``h, c``."""
     steps = volumes.shape[1]
     h, c = h.clone(memory_format=torch.contiguous_format), c.clone(memory_format=torch.contiguous_format)
-    saved = Saved(steps, h, masses is not None)
+    saved = Saved(steps, h, masses is not None, after_write)
     scratch = h.new_empty((4 * h.shape[0] + 8) * h[0].numel())
     _library(REALS[h.dtype]).recurrence_forward(
         ctypes.byref(_shape(steps, h)),
         *map(_ptr, (volumes, keep, resets, masses, pointwise, pointwise_bias, taps, biases, h, c)),
-        *map(_ptr, (saved.read_from, saved.cells, saved.mixed, saved.activations, saved.candidates, scratch)),
+        *map(_ptr, (saved.read_from, saved.cells, saved.mixed, saved.activations, saved.candidates)),
+        *map(_ptr, (saved.written, scratch)),
     )
     return saved, h, c
 
@@ -162,11 +166,13 @@ def backward(
     taps: torch.Tensor,
     biases: torch.Tensor,
     from_reads: torch.Tensor | None,
+    from_written: torch.Tensor | None,
     dh: torch.Tensor,
     dc: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
-    """Gradients through the ``K`` steps, given those of the final state ``dh, dc (C, N D H W)`` and of the
-    states read at each step ``from_reads (K, C, N D H W)`` (or ``None``). Returns the gradients of the gates
+    """Gradients through the ``K`` steps, given those of the final state ``dh, dc (C, N D H W)``, of the
+    states read at each step ``from_reads (K, C, N D H W)`` (or ``None``) and of each step's new ``h``
+    ``from_written`` (same shape, or ``None``). Returns the gradients of the gates
     ``(4C, K, N D H W)``, of the volumes ``(C, K, N D H W)``, of the masses ``(K, N D H W)`` (or ``None``), of the
     taps ``(3, 2C, 3)`` and biases ``(3, 2C)``, and of the initial ``h, c``."""
     channels, steps = volumes.shape[:2]
@@ -179,7 +185,8 @@ def backward(
     _library(REALS[dh.dtype]).recurrence_backward(
         ctypes.byref(_shape(steps, saved.read_from[:, 0])),
         *map(_ptr, (volumes, keep, resets, masses, pointwise, taps, biases)),
-        *map(_ptr, (saved.read_from, saved.cells, saved.activations, saved.candidates, from_reads, dh, dc)),
+        *map(_ptr, (saved.read_from, saved.cells, saved.activations, saved.candidates, from_reads, from_written)),
+        *map(_ptr, (dh, dc)),
         *map(_ptr, (grad_gates, grad_volumes, grad_masses, grad_taps, grad_biases, scratch)),
     )
     return grad_gates, grad_volumes, grad_masses, grad_taps, grad_biases, dh, dc

@@ -14,7 +14,8 @@
  * Layouts (contiguous): volumes (C, K, NS); h, c (C, NS); keep (K, N); masses (K, NS); pointwise (4C, 2C);
  * taps (3, 2C, 3) and biases (3, 2C) for the axes D, H, W. Saved for the backward: read_from (C, K, NS),
  * mixed (2C, K, NS), cells and candidates (K, C, NS), activations (K, 5C, NS) as sig(i), sig(f), sig(o),
- * tanh(g), tanh(c'). The backward returns the gates' gradients (4C, K, NS) (the pointwise weights' gradient is
+ * tanh(g), tanh(c'). With written (C, K, NS) given, the forward also keeps each step's new h there (the state
+ * read after the step's write), and the backward takes its gradient from_written (K, C, NS). The backward returns the gates' gradients (4C, K, NS) (the pointwise weights' gradient is
  * one product outside), the volumes' (C, K, NS), the masses' (K, NS), the taps' and biases' (accumulated), and
  * the gradients of the initial h and c (in place of the final ones).
  */
@@ -199,7 +200,7 @@ static void depthwise_backward(const Axis axes[3], const real *x, const real *gm
 void recurrence_forward(const Shape *s, const real *volumes, const real *keep, const uint8_t *resets,
                         const real *masses, const real *pointwise, const real *pointwise_bias, const real *taps,
                         const real *biases, real *h, real *c, real *read_from, real *cells, real *mixed,
-                        real *activations, real *candidates, real *scratch) {
+                        real *activations, real *candidates, real *written, real *scratch) {
     const long K = s->steps, C = s->channels, N = s->envs, S = s->depth * s->height * s->width, NS = N * S;
     real *gates = scratch, *mid_d = scratch + 4 * C * NS, *mid_h = mid_d + NS;
     Axis axes[3];
@@ -228,6 +229,7 @@ void recurrence_forward(const Shape *s, const real *volumes, const real *keep, c
                 cell_update(gates, act, hc, cc, masses + k * NS, candidates + (k * C + ch) * NS, C, ch, NS, 1);
             else
                 cell_update(gates, act, hc, cc, 0, 0, C, ch, NS, 0);
+            if (written) memcpy(written + (ch * K + k) * NS, hc, sizeof(real) * NS);
         }
     }
 }
@@ -236,8 +238,8 @@ void recurrence_forward(const Shape *s, const real *volumes, const real *keep, c
 void recurrence_backward(const Shape *s, const real *volumes, const real *keep, const uint8_t *resets,
                          const real *masses, const real *pointwise, const real *taps, const real *biases,
                          const real *read_from, const real *cells, const real *activations, const real *candidates,
-                         const real *from_reads, real *dh, real *dc, real *grad_gates, real *grad_volumes,
-                         real *grad_masses, real *grad_taps, real *grad_biases, real *scratch) {
+                         const real *from_reads, const real *from_written, real *dh, real *dc, real *grad_gates,
+                         real *grad_volumes, real *grad_masses, real *grad_taps, real *grad_biases, real *scratch) {
     const long K = s->steps, C = s->channels, N = s->envs, S = s->depth * s->height * s->width, NS = N * S;
     real *gm = scratch, *out = scratch + NS, *work = scratch + 2 * NS;
     Axis axes[3];
@@ -245,6 +247,8 @@ void recurrence_backward(const Shape *s, const real *volumes, const real *keep, 
     for (long k = K - 1; k >= 0; k--) {
         const real *act = activations + k * 5 * C * NS;
         if (masses) memset(grad_masses + k * NS, 0, sizeof(real) * NS);
+        if (from_written)
+            for (long j = 0; j < C * NS; j++) dh[j] += from_written[k * C * NS + j];
         for (long ch = 0; ch < C; ch++) {
             const real *cell = cells + (k * C + ch) * NS, *h_prev = read_from + (ch * K + k) * NS;
             if (masses)

@@ -102,7 +102,7 @@ def write_gates(volumes: torch.Tensor, weights: ConvWeights, operator: Operator)
 
 class _Recurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, from_writes, h, c, keep, masses, pointwise, matrix, offset, *depthwise_weights):  # noqa: ANN001
+    def forward(ctx, from_writes, h, c, keep, masses, after_write, pointwise, matrix, offset, *depthwise_weights):  # noqa: ANN001
         weights = DepthwiseWeights(*depthwise_weights)
         operator = None if matrix is None else (matrix, offset)
         steps, channels = from_writes.shape[0], h.shape[1]
@@ -111,7 +111,7 @@ class _Recurrence(torch.autograd.Function):
         resets = (keep < 1).any(dim=1).tolist()
         # per step: sigmoid(i), sigmoid(f), sigmoid(o), tanh(g), tanh(c)
         activations = h.new_empty(steps, 5 * channels, c.shape[1])
-        read_from, cells, mixed, candidates = [], [], [], []
+        read_from, cells, mixed, candidates, written = [], [], [], [], []
         for step in range(steps):
             if resets[step]:
                 keep_rows = keep[step].view(1, -1, 1, 1, 1)
@@ -132,16 +132,18 @@ class _Recurrence(torch.autograd.Function):
                 candidates.append(c_next)
                 c = torch.lerp(c, c_next, masses[step])
                 h = torch.lerp(h.view(channels, -1), o * tanh_c, masses[step]).view(h.shape)
+            written.append(h)
         ctx.save_for_backward(keep, masses, pointwise, *depthwise_weights)
         ctx.resets = resets
         ctx.matrix_t = None if operator is None else operator[0].transpose(1, 2).contiguous()
         ctx.read_from, ctx.cells, ctx.mixed, ctx.activations = read_from, cells, mixed, activations
-        ctx.candidates = candidates
-        return torch.stack(read_from).transpose(1, 2), h.transpose(0, 1), c.view(h.shape).transpose(0, 1)
+        ctx.candidates, ctx.after_write = candidates, after_write
+        reads = torch.stack(written if after_write else read_from)
+        return reads.transpose(1, 2), h.transpose(0, 1), c.view(h.shape).transpose(0, 1)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_read_from, grad_h, grad_c):  # noqa: ANN001
+    def backward(ctx, grad_reads, grad_h, grad_c):  # noqa: ANN001
         keep, masses, pointwise, *depthwise_weights = ctx.saved_tensors
         weights = DepthwiseWeights(*depthwise_weights)
         shape = ctx.read_from[0].shape  # (C, B, D, H, W)
@@ -149,12 +151,14 @@ class _Recurrence(torch.autograd.Function):
         dh = torch.zeros(shape, dtype=pointwise.dtype, device=pointwise.device) if grad_h is None else grad_h
         dh = _channel_major(dh).view(channels, -1)
         dc = torch.zeros_like(dh) if grad_c is None else _channel_major(grad_c).view(channels, -1)
-        from_reads = None if grad_read_from is None else _channel_major(grad_read_from).view(steps, channels, -1)
+        from_reads = None if grad_reads is None else _channel_major(grad_reads).view(steps, channels, -1)
         grad_gates, grad_mixed, grad_masses = [], [], []
         slopes = dh.new_empty(5 * channels, dh.shape[1])
         pointwise_t = pointwise.t()
         transposed = _transposed(weights, ctx.matrix_t)
         for step in reversed(range(steps)):
+            if from_reads is not None and ctx.after_write:
+                dh = dh + from_reads[step]
             activations = ctx.activations[step]
             i, f, o, g, tanh_c = activations.chunk(5)
             if masses is not None:
@@ -181,7 +185,7 @@ class _Recurrence(torch.autograd.Function):
             d_mixed = torch.mm(pointwise_t, d_gates)
             grad_mixed.append(d_mixed)
             dh = _mix_transpose(d_mixed, shape, transposed)
-            if from_reads is not None:
+            if from_reads is not None and not ctx.after_write:
                 dh = dh + from_reads[step]
             dc = dc * f
             if masses is not None:
@@ -206,6 +210,7 @@ class _Recurrence(torch.autograd.Function):
             dc.view(shape).transpose(0, 1),
             None,
             torch.stack(grad_masses).unsqueeze(1) if masses is not None and ctx.needs_input_grad[4] else None,
+            None,
             grad_pointwise,
             *grad_depthwise,
         )
@@ -216,23 +221,36 @@ class _KernelRecurrence(torch.autograd.Function):
     conv over ``concat(V, h)`` of the reference, step by step."""
 
     @staticmethod
-    def forward(ctx, volumes, h, c, keep, masses, pointwise, pointwise_bias, *depthwise_weights):  # noqa: ANN001
+    def forward(ctx, volumes, h, c, keep, masses, after_write, pointwise, pointwise_bias, *depthwise_weights):  # noqa: ANN001
         volumes = volumes.permute(2, 0, 1, 3, 4, 5).contiguous().flatten(2)  # (C, K, B*D*H*W)
         taps, biases = torch.stack(depthwise_weights[0::2]), torch.stack(depthwise_weights[1::2])
         resets = (keep < 1).any(dim=1).to(torch.uint8)
         saved, h, c = cpu_kernel.forward(
-            volumes, _channel_major(h), _channel_major(c), keep, resets, masses, pointwise, pointwise_bias, taps, biases
+            volumes,
+            _channel_major(h),
+            _channel_major(c),
+            keep,
+            resets,
+            masses,
+            pointwise,
+            pointwise_bias,
+            taps,
+            biases,
+            after_write,
         )
         ctx.save_for_backward(volumes, keep, resets, masses, pointwise, taps, biases)
         ctx.kernel_saved = saved
-        return saved.read_from.permute(1, 2, 0, 3, 4, 5), h.transpose(0, 1), c.transpose(0, 1)
+        reads = saved.written if after_write else saved.read_from
+        return reads.permute(1, 2, 0, 3, 4, 5), h.transpose(0, 1), c.transpose(0, 1)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_read_from, grad_h, grad_c):  # noqa: ANN001
+    def backward(ctx, grad_reads, grad_h, grad_c):  # noqa: ANN001
         volumes, keep, resets, masses, pointwise, taps, biases = ctx.saved_tensors
         channels, steps = volumes.shape[:2]
         shape = (channels, *grad_h.shape[:1], *grad_h.shape[2:])  # (C, B, D, H, W)
+        from_reads = _channel_major(grad_reads).view(steps, channels, -1)
+        after_write = ctx.kernel_saved.written is not None
         grad_gates, grad_volumes, grad_masses, grad_taps, grad_biases, dh, dc = cpu_kernel.backward(
             ctx.kernel_saved,
             volumes,
@@ -242,7 +260,8 @@ class _KernelRecurrence(torch.autograd.Function):
             pointwise,
             taps,
             biases,
-            _channel_major(grad_read_from).view(steps, channels, -1),
+            None if after_write else from_reads,
+            from_reads if after_write else None,
             _channel_major(grad_h).view(channels, -1),
             _channel_major(grad_c).view(channels, -1),
         )
@@ -253,6 +272,7 @@ class _KernelRecurrence(torch.autograd.Function):
             dc.view(shape).transpose(0, 1),
             None,
             grad_masses.view(steps, 1, -1) if ctx.needs_input_grad[4] else None,
+            None,
             grad_pointwise,
             grad_gates.sum(dim=(1, 2)),
             *[t for pair in zip(grad_taps, grad_biases, strict=True) for t in pair],
@@ -266,6 +286,7 @@ def recurrence(
     keep: torch.Tensor,
     weights: ConvWeights,
     masses: torch.Tensor | None = None,
+    after_write: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``K`` steps of the state recurrence.
 
@@ -273,7 +294,8 @@ def recurrence(
     h, c ``(B, C, D, H, W)``; keep ``(K, B)`` (0 zeroes the state before that step); weights: the factorized
     conv's; masses ``(K, B, 1, D, H, W)`` or ``None``: each step's write mass
     (:func:`~tmem_agents.ops.reference.write_mass`) for the local update.
-    Returns ``(read_from (K, B, C, D, H, W), h, c)``: the state each step reads, and the final state.
+    Returns ``(reads (K, B, C, D, H, W), h, c)``: the state each step reads, and the final state. The state read
+    is the one before the step (after its reset), or with ``after_write`` the step's new ``h``, after its write.
 
     CPU tensors run the C kernel (:mod:`~tmem_agents.ops.cpu_kernel`). Other devices, or a CPU without a C
     compiler, run the PyTorch form: the write share of the gates for all steps at once (:func:`write_gates`),
@@ -286,10 +308,11 @@ def recurrence(
         masses = masses.reshape(steps, 1, -1).contiguous()
     if cpu_kernel.available(h):
         pointwise, bias = weights.pointwise.contiguous(), weights.pointwise_bias.contiguous()
-        return _KernelRecurrence.apply(volumes, h, c, keep, masses, pointwise, bias, *weights.depthwise(slice(None)))
+        depthwise_weights = weights.depthwise(slice(None))
+        return _KernelRecurrence.apply(volumes, h, c, keep, masses, after_write, pointwise, bias, *depthwise_weights)
     on_writes = dense_operator(weights.depthwise(slice(0, channels)), grid)
     from_writes = write_gates(volumes.flatten(0, 1), weights, on_writes).view(steps, batch, 4 * channels, *grid)
     state_weights = weights.depthwise(slice(channels, 2 * channels))
     matrix, offset = dense_operator(state_weights, grid) or (None, None)
     pointwise = weights.pointwise[:, channels:].contiguous()
-    return _Recurrence.apply(from_writes, h, c, keep, masses, pointwise, matrix, offset, *state_weights)
+    return _Recurrence.apply(from_writes, h, c, keep, masses, after_write, pointwise, matrix, offset, *state_weights)
