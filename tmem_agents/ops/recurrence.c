@@ -15,9 +15,10 @@
  * taps (3, 2C, 3) and biases (3, 2C) for the axes D, H, W. Saved for the backward: read_from (C, K, NS),
  * mixed (2C, K, NS), cells and candidates (K, C, NS), activations (K, 5C, NS) as sig(i), sig(f), sig(o),
  * tanh(g), tanh(c'). With written (C, K, NS) given, the forward also keeps each step's new h there (the state
- * read after the step's write), and the backward takes its gradient from_written (K, C, NS). The backward returns the gates' gradients (4C, K, NS) (the pointwise weights' gradient is
- * one product outside), the volumes' (C, K, NS), the masses' (K, NS), the taps' and biases' (accumulated), and
- * the gradients of the initial h and c (in place of the final ones).
+ * read after the step's write), and the backward takes its gradient from_written (K, C, NS). The backward
+ * returns the gates' gradients (4C, K, NS) (the pointwise weights' gradient is one product outside), the
+ * volumes' (C, K, NS), the masses' (K, NS), the taps' and biases' (accumulated), and the gradients of the
+ * initial h and c (in place of the final ones).
  */
 #include <stdint.h>
 #include <string.h>

@@ -132,7 +132,8 @@ class _Recurrence(torch.autograd.Function):
                 candidates.append(c_next)
                 c = torch.lerp(c, c_next, masses[step])
                 h = torch.lerp(h.view(channels, -1), o * tanh_c, masses[step]).view(h.shape)
-            written.append(h)
+            if after_write:
+                written.append(h)
         ctx.save_for_backward(keep, masses, pointwise, *depthwise_weights)
         ctx.resets = resets
         ctx.matrix_t = None if operator is None else operator[0].transpose(1, 2).contiguous()
