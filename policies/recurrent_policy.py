@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, obs_batch_size
 from tmem_agents.policies.tensor_memory_extractor import TensorMemoryExtractor
 from tmem_agents.policies.tokenizers import image_chw
+from tmem_agents.running_standardize import RunningWhiten
 
 
 class SequenceEvaluation(NamedTuple):
@@ -103,6 +104,9 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
             features at step ``t`` the observations of steps ``t - l_1, ...`` of the same episode and stored
             sequence (:meth:`reconstruction_loss`, an auxiliary loss that asks the memory to keep what it saw);
             images are decoded average-pooled (:func:`reconstruction_target`).
+        whiten_features: pass each extractor's features through a
+            :class:`~tmem_agents.running_standardize.RunningWhiten` before the heads (and the reconstruction
+            head), so that every direction of the features, the memory's included, reaches them at unit scale.
     """
 
     def __init__(
@@ -112,9 +116,11 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         lr_schedule: Any,
         features_extractor_class: type[RecurrentFeaturesExtractor] = TensorMemoryExtractor,
         reconstruction_lags: Sequence[int] = (),
+        whiten_features: bool = False,
         **kwargs: Any,
     ) -> None:
         self.reconstruction_lags = check_lags(reconstruction_lags)
+        self.whiten_features = bool(whiten_features)
         if not (
             isinstance(features_extractor_class, type)
             and issubclass(features_extractor_class, RecurrentFeaturesExtractor)
@@ -137,13 +143,22 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         if self.reconstruction_lags:
             size = len(self.reconstruction_lags) * _observation_dim(self.observation_space)
             self.reconstruction_head = nn.Linear(self.features_dim, size)
+        self.features_whitening = None
+        if self.whiten_features:
+            self.features_whitening = nn.ModuleDict(
+                {key: RunningWhiten(self.features_dim) for key in self._extractors()}
+            )
         super()._build(lr_schedule)
         if self.ortho_init:
             for extractor in self._extractors().values():
                 extractor.restore_initialisation()
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "reconstruction_lags": self.reconstruction_lags}
+        return {
+            **super()._get_constructor_parameters(),
+            "reconstruction_lags": self.reconstruction_lags,
+            "whiten_features": self.whiten_features,
+        }
 
     def _extractors(self) -> dict[str, RecurrentFeaturesExtractor]:
         if self.share_features_extractor:
@@ -178,6 +193,8 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         for key, extractor in extractors.items():
             run = extractor.sequence if sequence else extractor.step
             features[key], new_state[key] = run(obs, state[key], episode_starts)
+            if self.features_whitening is not None:
+                features[key] = self.features_whitening[key](features[key])
         new_state = TensorDict(new_state, batch_size=state.batch_size, device=state.device)
         critic = features.get("vf", features.get("pi"))
         return features.get("pi", critic), critic, new_state

@@ -106,6 +106,12 @@ def test_log_std_init_sets_the_gaussian_policys_start(tmp_path: Path) -> None:
     assert torch.allclose(log_std, torch.full_like(log_std, -1.5), atol=0.05)
 
 
+def test_whiten_features_reaches_the_policy(tmp_path: Path) -> None:
+    run = train(tmp_path / "run", "total_timesteps=256", "eval_freq=0", "model=gru", "model.whiten_features=true")
+    policy = MemoryPPO.load(run.model_path("final")).policy
+    assert policy.whiten_features and int(policy.features_whitening["pi"].commits) == 2
+
+
 def test_resume_continues_step_counter(tmp_path: Path) -> None:
     run = train(tmp_path / "run", "total_timesteps=1024", "model=gru", "algo.normalize=true")
     # a run stopped after its last checkpoint: no final model, no summary

@@ -78,6 +78,7 @@ class ModelConfig:
     features_dim: int = 64
     net_arch: list[int] | None = None
     share_features_extractor: bool = True
+    whiten_features: bool = False
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Standardizing features number by number with running statistics that hold still within a PPO update."""
+"""Standardizing (or whitening) features with running statistics that hold still within a PPO update."""
 
 from __future__ import annotations
 
@@ -48,35 +48,91 @@ class RunningStandardize(nn.Module):
         n = rows.shape[0]
         if n == 0:
             return
-        if self._count == 0:
-            self._pending_mean = self._pending_m2 = torch.zeros_like(rows[0])
         batch_mean = rows.mean(0)
-        batch_m2 = ((rows - batch_mean) ** 2).sum(0)
+        centered = rows - batch_mean
+        batch_m2 = self._products(centered, centered)
+        if self._count == 0:
+            self._pending_mean, self._pending_m2 = torch.zeros_like(batch_mean), torch.zeros_like(batch_m2)
         total = self._count + n
         delta = batch_mean - self._pending_mean
         self._pending_mean = self._pending_mean + delta * (n / total)
-        self._pending_m2 = self._pending_m2 + batch_m2 + delta**2 * (self._count * n / total)
+        self._pending_m2 = (
+            self._pending_m2 + batch_m2 + self._products(delta[None], delta[None]) * (self._count * n / total)
+        )
         self._count = total
+
+    @staticmethod
+    def _products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(n, F), (n, F)`` -> the sums over rows of ``a * b``, ``(F,)``: the second moments kept."""
+        return (a * b).sum(0)
 
     @torch.no_grad()
     def commit(self) -> None:
-        """Move ``mean`` and ``var`` towards the statistics accumulated since the last commit, then clear those.
+        """Move the running statistics towards those accumulated since the last commit, then clear those.
         Nothing changes when nothing was accumulated."""
         if self._count == 0:
             return
         rate = 1.0 if int(self.commits) == 0 else self.momentum
-        mean = self._pending_mean.to(self.mean)
-        var = (self._pending_m2 / self._count).to(self.var)
-        self.mean.lerp_(mean, rate)
-        self.var.lerp_(var, rate)
+        self.mean.lerp_(self._pending_mean.to(self.mean), rate)
+        self._commit_spread(self._pending_m2 / self._count, rate)
         self.commits += 1
         self._count = 0
         self._pending_mean = self._pending_m2 = None
 
+    def _commit_spread(self, spread: torch.Tensor, rate: float) -> None:
+        """Move ``var`` towards the accumulated variances ``spread (F,)``."""
+        self.var.lerp_(spread.to(self.var), rate)
+
+
+class RunningWhiten(RunningStandardize):
+    """``(..., F)`` -> ``clamp((x - mean) @ W, -clip, clip)``, with ``W = (C + s I)^(-1/2)`` from a running
+    covariance ``C`` ``(F, F)``, the shrinkage ``s = shrink * trace(C) / F``: ZCA whitening.
+
+    Standardizing number by number leaves correlated features correlated: a signal that moves the features
+    along a direction of little variance (a remembered target, beside features that swing with the arm's
+    every move) stays small beside the rest, and the heads on top learn to use it late. Whitening gives every
+    direction of the features unit variance, but for directions whose variance lies far below the average,
+    which the shrinkage keeps near their own scale instead of amplifying their noise. ``W`` is symmetric, so
+    the whitened features stay as close to the features as whitening allows. The statistics follow
+    :class:`RunningStandardize`'s protocol (accumulated while ``tracking``, changed on :meth:`commit`);
+    before the first commit ``W`` is the identity and ``mean`` ``0``.
+    """
+
+    def __init__(self, width: int, momentum: float = 0.1, shrink: float = 0.1, clip: float = 10.0) -> None:
+        if not shrink > 0:
+            raise ValueError(
+                f"shrink must be > 0 (it keeps near-constant directions from being amplified), got {shrink!r}"
+            )
+        super().__init__(width, momentum, clip=clip)
+        del self.var
+        self.shrink = shrink
+        self.register_buffer("cov", torch.eye(width))
+        self.register_buffer("transform", torch.eye(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (..., F)`` -> whitened ``(..., F)``; accumulates statistics of ``x`` while ``tracking``."""
+        if self.tracking:
+            self._accumulate(x.detach().reshape(-1, x.shape[-1]))
+        return ((x - self.mean) @ self.transform).clamp(-self.clip, self.clip)
+
+    @staticmethod
+    def _products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(n, F), (n, F)`` -> ``a^T b`` ``(F, F)``: the whole covariance is kept."""
+        return a.T @ b
+
+    def _commit_spread(self, spread: torch.Tensor, rate: float) -> None:
+        """Move ``cov`` towards the accumulated covariance ``spread (F, F)`` and recompute ``transform``."""
+        self.cov.lerp_(spread.to(self.cov), rate)
+        cov = self.cov.double()
+        values, vectors = torch.linalg.eigh((cov + cov.T) / 2)
+        values = values.clamp_min(0) + self.shrink * values.clamp_min(0).mean().clamp_min(1e-12)
+        self.transform.copy_((vectors * values.rsqrt()) @ vectors.T)
+
 
 @contextmanager
 def tracking_statistics(module: nn.Module) -> Iterator[None]:
-    """Within the block, every :class:`RunningStandardize` inside ``module`` accumulates what it sees."""
+    """Within the block, every :class:`RunningStandardize` (and :class:`RunningWhiten`) inside ``module``
+    accumulates what it sees."""
     layers = [layer for layer in module.modules() if isinstance(layer, RunningStandardize)]
     for layer in layers:
         layer.tracking = True

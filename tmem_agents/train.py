@@ -44,7 +44,7 @@ register_configs()
 def extractor_kwargs(model_cfg: DictConfig) -> dict[str, Any]:
     """Keyword arguments of the model's feature extractor, from its config (heads' options left out)."""
     options = OmegaConf.to_container(model_cfg, resolve=True)
-    for key in ("name", "net_arch", "share_features_extractor"):
+    for key in ("name", "net_arch", "share_features_extractor", "whiten_features"):
         options.pop(key)
     memory = options.get("memory")
     if memory is not None:
@@ -73,6 +73,7 @@ def build_model(cfg: DictConfig, env: VecEnv) -> MemoryPPO:
         "features_extractor_kwargs": extractor_kwargs(cfg.model),
         "share_features_extractor": cfg.model.share_features_extractor,
         "log_std_init": algo.log_std_init,
+        "whiten_features": cfg.model.whiten_features,
     }
     if cfg.model.net_arch is not None:
         policy_kwargs["net_arch"] = list(cfg.model.net_arch)
