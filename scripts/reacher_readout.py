@@ -19,8 +19,8 @@ readout of their ``atanh`` (a ``tanh`` head's pre-activations). With ``--acting`
 whether they keep the target once the arm moves and what it sees of the arm is written over it; a second line reads
 the fingertip-to-target vector from them at every step, what the policy must act on (the target where the arm is), a
 third says what share of the features' variance across episodes that vector explains (a layer trained by gradient
-on top learns directions of little variance late), and the fingertip's mean distance from the target at the end
-closes the report.
+on top learns directions of little variance late; the features as the heads see them, whitened where the policy
+whitens them), and the fingertip's mean distance from the target at the end closes the report.
 
     python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
     python scripts/reacher_readout.py --grid <a tensor_memory run>
@@ -144,11 +144,18 @@ def stem_outputs(extractor: torch.nn.Module, obs: Obs) -> torch.Tensor:
     return torch.cat(outputs).view(obs_batch_size(obs), obs_batch_size(map_obs(lambda x: x[0], obs)), -1)
 
 
+def heads_input(policy: RecurrentActorCriticPolicy, features: torch.Tensor) -> torch.Tensor:
+    """The actor's features ``(..., F)`` as its heads see them: whitened where the policy whitens them."""
+    whitening = policy.features_whitening
+    return features if whitening is None else whitening["pi"](features)
+
+
 def hold_features(
     run_dir: str, episodes: int, source: str = "features", checkpoint: str = "final"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What a run's model (``checkpoint``, as :func:`_load` takes it) holds over the held steps
-    ``(hold_steps, episodes, F)``: its actor features, its Tensor Memory's grids (``source="grid"``,
+    ``(hold_steps, episodes, F)``: its actor features (before any whitening, which a linear readout's fit does
+    not depend on and the ``tanh`` head's saturation does), its Tensor Memory's grids (``source="grid"``,
     :func:`memory_grids`), its image stem's output (``"stem"``, :func:`stem_outputs`) or its writes' strength
     (``"strength"``, :func:`write_strengths`); and the targets ``(episodes, 2)``."""
     if source not in SOURCES:
@@ -185,10 +192,11 @@ def hold_features(
 def acting_features(
     run_dir: str, episodes: int, checkpoint: str = "final"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Actor features ``(T, episodes, F)`` at every step of whole episodes in which the run's policy acts
-    (deterministically, its state carried), the targets ``(episodes, 2)``, the fingertip-to-target vectors as
-    each step is observed ``(T, episodes, 2)`` and the fingertip's distance from the target at the end
-    ``(episodes,)``: whether the features keep the target once the arm moves, and the target where the arm is."""
+    """Actor features ``(T, episodes, F)``, as its heads see them, at every step of whole episodes in which the
+    run's policy acts (deterministically, its state carried), the targets ``(episodes, 2)``, the
+    fingertip-to-target vectors as each step is observed ``(T, episodes, 2)`` and the fingertip's distance from
+    the target at the end ``(episodes,)``: whether the features keep the target once the arm moves, and the
+    target where the arm is."""
     policy, venv = _load(run_dir, checkpoint)
     extractor = policy.pi_features_extractor
     features, targets, offsets, distances = [], [], [], []
@@ -202,7 +210,7 @@ def acting_features(
         while not done.all():
             with torch.no_grad():
                 step_features, features_state = extractor.forward_step(_obs_tensor(policy, observation), features_state)
-            steps.append(step_features)
+            steps.append(heads_input(policy, step_features))
             tips = np.stack([env.get_body_com("target")[:2] - env.get_body_com("fingertip")[:2] for env in envs])
             step_offsets.append(torch.as_tensor(tips))
             actions, state = policy.predict(observation, state, deterministic=True)
