@@ -88,14 +88,14 @@ class RunningWhiten(RunningStandardize):
     """``(..., F)`` -> ``clamp((x - mean) @ W, -clip, clip)``, with ``W = (C + s I)^(-1/2)`` from a running
     covariance ``C`` ``(F, F)``, the shrinkage ``s = shrink * trace(C) / F``: ZCA whitening.
 
-    Standardizing number by number leaves correlated features correlated: a signal that moves the features
-    along a direction of little variance (a remembered target, beside features that swing with the arm's
-    every move) stays small beside the rest, and the heads on top learn to use it late. Whitening gives every
-    direction of the features unit variance, but for directions whose variance lies far below the average,
-    which the shrinkage keeps near their own scale instead of amplifying their noise. ``W`` is symmetric, so
-    the whitened features stay as close to the features as whitening allows. The statistics follow
-    :class:`RunningStandardize`'s protocol (accumulated while ``tracking``, changed on :meth:`commit`);
-    before the first commit ``W`` is the identity and ``mean`` ``0``.
+    Standardizing number by number leaves correlated features correlated: a signal that moves the features along a
+    direction of little variance (a remembered target, beside features that swing with the arm's every move) stays
+    small beside the rest, and the heads on top learn to use it late. Whitening gives every direction of the
+    features unit variance, but for directions whose variance lies far below the average: the shrinkage scales those
+    by at most ``1 / sqrt(s)`` instead of lifting their noise to unit variance. ``W`` is symmetric, so the whitened
+    features stay as close to the features as whitening allows. The statistics follow :class:`RunningStandardize`'s
+    protocol (accumulated while ``tracking``, changed on :meth:`commit`); before the first commit ``W`` is the
+    identity and ``mean`` ``0``.
     """
 
     def __init__(self, width: int, momentum: float = 0.1, shrink: float = 0.1, clip: float = 10.0) -> None:
