@@ -154,8 +154,8 @@ def hold_features(
     run_dir: str, episodes: int, source: str = "features", checkpoint: str = "final"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What a run's model (``checkpoint``, as :func:`_load` takes it) holds over the held steps
-    ``(hold_steps, episodes, F)``: its actor features (before any whitening, which a linear readout's fit does
-    not depend on and the ``tanh`` head's saturation does), its Tensor Memory's grids (``source="grid"``,
+    ``(hold_steps, episodes, F)``: its actor features (before any whitening, which a ridge readout's fit hardly
+    depends on and the ``tanh`` head's saturation does), its Tensor Memory's grids (``source="grid"``,
     :func:`memory_grids`), its image stem's output (``"stem"``, :func:`stem_outputs`) or its writes' strength
     (``"strength"``, :func:`write_strengths`); and the targets ``(episodes, 2)``."""
     if source not in SOURCES:
