@@ -30,11 +30,15 @@ class RunningStandardize(nn.Module):
             raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
         self.momentum, self.eps, self.clip = momentum, eps, clip
         self.register_buffer("mean", torch.zeros(width))
-        self.register_buffer("var", torch.ones(width))
+        self._register_spread(width)
         self.register_buffer("commits", torch.zeros((), dtype=torch.long))
         self.tracking = False
         self._count = 0
         self._pending_mean = self._pending_m2 = None
+
+    def _register_spread(self, width: int) -> None:
+        """The buffers of the spread: ``var`` ``(F,)``."""
+        self.register_buffer("var", torch.ones(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (..., F)`` -> standardized ``(..., F)``; accumulates statistics of ``x`` while ``tracking``."""
@@ -100,12 +104,12 @@ class RunningWhiten(RunningStandardize):
 
     def __init__(self, width: int, momentum: float = 0.1, shrink: float = 0.1, clip: float = 10.0) -> None:
         if not shrink > 0:
-            raise ValueError(
-                f"shrink must be > 0 (it keeps near-constant directions from being amplified), got {shrink!r}"
-            )
+            raise ValueError(f"shrink must be > 0 (it keeps near-constant directions off unit scale), got {shrink!r}")
         super().__init__(width, momentum, clip=clip)
-        del self.var
         self.shrink = shrink
+
+    def _register_spread(self, width: int) -> None:
+        """The buffers of the spread: the covariance ``cov`` and the whitening ``transform``, ``(F, F)``."""
         self.register_buffer("cov", torch.eye(width))
         self.register_buffer("transform", torch.eye(width))
 
