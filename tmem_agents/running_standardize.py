@@ -41,10 +41,14 @@ class RunningStandardize(nn.Module):
         self.register_buffer("var", torch.ones(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (..., F)`` -> standardized ``(..., F)``; accumulates statistics of ``x`` while ``tracking``."""
+        """``x (..., F)`` -> standardized (or whitened) ``(..., F)``; accumulates its statistics while ``tracking``."""
         if self.tracking:
             self._accumulate(x.detach().reshape(-1, x.shape[-1]))
-        return ((x - self.mean) * torch.rsqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
+        return self._scale(x - self.mean).clamp(-self.clip, self.clip)
+
+    def _scale(self, centered: torch.Tensor) -> torch.Tensor:
+        """Centred ``(..., F)`` -> each number divided by its running standard deviation."""
+        return centered * torch.rsqrt(self.var + self.eps)
 
     def _accumulate(self, rows: torch.Tensor) -> None:
         """Merge the mean and sum of squared deviations of ``rows (n, F)`` into the pending ones (Chan et al.)."""
@@ -113,11 +117,9 @@ class RunningWhiten(RunningStandardize):
         self.register_buffer("cov", torch.eye(width))
         self.register_buffer("transform", torch.eye(width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (..., F)`` -> whitened ``(..., F)``; accumulates statistics of ``x`` while ``tracking``."""
-        if self.tracking:
-            self._accumulate(x.detach().reshape(-1, x.shape[-1]))
-        return ((x - self.mean) @ self.transform).clamp(-self.clip, self.clip)
+    def _scale(self, centered: torch.Tensor) -> torch.Tensor:
+        """Centred ``(..., F)`` -> whitened by ``transform``."""
+        return centered @ self.transform
 
     @staticmethod
     def _products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -129,7 +131,8 @@ class RunningWhiten(RunningStandardize):
         self.cov.lerp_(spread.to(self.cov), rate)
         cov = self.cov.double()
         values, vectors = torch.linalg.eigh((cov + cov.T) / 2)
-        values = values.clamp_min(0) + self.shrink * values.clamp_min(0).mean().clamp_min(1e-12)
+        values = values.clamp_min(0)
+        values = values + self.shrink * values.mean().clamp_min(1e-12)
         self.transform.copy_((vectors * values.rsqrt()) @ vectors.T)
 
 
