@@ -7,11 +7,15 @@ gap), the steps each model needed to first reach 80 % of the best final return o
 second, state bytes per env and parameters. ``--write docs/results.md`` puts the tables between the
 ``<!-- results -->`` markers of that file, and with ``--ablation`` the table of a
 ``scripts/recall_check.py --out`` file between the ``<!-- ablation -->`` markers. ``--curves`` draws the same
-plot for any groups of run folders instead, one line per ``label=glob``.
+plot for any groups of run folders instead, one line per ``label=glob``; ``--table`` prints, for the same
+groups, their evaluations by ``tmem-eval`` (each folder's ``eval.json``): the return per seed, its mean and
+sample standard deviation, Welch's t against the first group, the memory's gain and the final distance.
 
     python scripts/summarize_results.py --results results --ablation results/ablation.jsonl --write docs/results.md
     python scripts/summarize_results.py --curves docs/results/long.png --title "long cue recall" \
         "Tensor Memory=results/full/write_from/long_tm_s*" "LSTM=results/full/long_recall_ablation/long_lstm_fb3_s*"
+    python scripts/summarize_results.py --table "LSTM=results/full/pixel_memory/lstm500lin_s*" \
+        "Tensor Memory=results/full/pixel_memory/tmrs500lin_s*"
 """
 
 from __future__ import annotations
@@ -116,20 +120,55 @@ def _save(fig: plt.Figure, ax: plt.Axes, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_groups(groups: list[str], title: str, path: Path) -> None:
-    """One line per label of ``label=glob`` groups of run folders (relative to the working directory; split at
-    the last ``=``; groups that repeat a label join its line) into ``path``."""
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+def _run_groups(groups: list[str], holding: str) -> dict[str, list[Path]]:
+    """The run folders of ``label=glob`` groups (relative to the working directory; split at the last ``=``;
+    groups that repeat a label join it) that hold ``holding``, by label in their first order."""
     runs_of: dict[str, list[Path]] = {}
     for group in groups:
         label, sep, pattern = group.rpartition("=")
-        runs = sorted(p for p in Path().glob(pattern) if (p / "logs").is_dir())
+        runs = sorted(p for p in Path().glob(pattern) if (p / holding).exists())
         if not sep or not runs:
-            raise SystemExit(f"{group!r}: expected label=glob matching run folders with logs/")
+            raise SystemExit(f"{group!r}: expected label=glob matching run folders with {holding}")
         runs_of.setdefault(label, []).extend(runs)
-    for label, runs in runs_of.items():
+    return runs_of
+
+
+def plot_groups(groups: list[str], title: str, path: Path) -> None:
+    """One line per label of ``label=glob`` groups of run folders (see :func:`_run_groups`) into ``path``."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for label, runs in _run_groups(groups, "logs").items():
         _draw(ax, label, [_curve(run) for run in runs])
     _save(fig, ax, title, path)
+
+
+def evaluation_table(groups: list[str]) -> str:
+    """One row per label of ``label=glob`` groups of run folders evaluated by ``tmem-eval`` (``eval.json``):
+    the return per seed (in the folders' order), mean +- sample standard deviation, Welch's t of the mean
+    against the first label's (positive: higher), the memory's mean gain and the range of final distances."""
+    evals = {
+        label: [json.loads((run / "eval.json").read_text()) for run in runs]
+        for label, runs in _run_groups(groups, "eval.json").items()
+    }
+    first = None
+    lines = [
+        "| runs | seeds | return per seed | return | Welch's t | memory's gain | final distance |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, rows in evals.items():
+        returns = np.array([r["mean_return"] for r in rows])
+        spread = returns.std(ddof=1) if len(returns) > 1 else math.nan
+        if first is None:
+            first, t = returns, "-"
+        else:
+            error = math.sqrt(spread**2 / len(returns) + first.std(ddof=1) ** 2 / len(first))
+            t = f"{(returns.mean() - first.mean()) / error:.1f}" if error > 0 else "-"
+        distances = [r["mean_final_distance"] for r in rows if "mean_final_distance" in r]
+        lines.append(
+            f"| {label} | {len(rows)} | {', '.join(f'{r:.2f}' for r in returns)} | {returns.mean():.2f} +- "
+            f"{spread:.2f} | {t} | {np.mean([r.get('memory_gain', math.nan) for r in rows]):.2f} | "
+            + (f"{min(distances):.3f}-{max(distances):.3f} |" if distances else "- |")
+        )
+    return "\n".join(lines)
 
 
 def ablation_table(path: Path) -> str:
@@ -165,8 +204,12 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="markdown file whose results markers receive the tables")
     parser.add_argument("--curves", type=Path, help="plot the groups into this file instead of summarizing")
     parser.add_argument("--title", default="", help="title of the --curves plot")
-    parser.add_argument("groups", nargs="*", help="with --curves: label=glob of run folders")
+    parser.add_argument("--table", action="store_true", help="print the groups' evaluations instead")
+    parser.add_argument("groups", nargs="*", help="with --curves or --table: label=glob of run folders")
     args = parser.parse_args()
+    if args.table:
+        print(evaluation_table(args.groups))
+        return
     if args.curves:
         plot_groups(args.groups, args.title, args.curves)
         return

@@ -1,6 +1,7 @@
-"""scripts/summarize_results.py: learning curves of groups of run folders."""
+"""scripts/summarize_results.py: learning curves and evaluation tables of groups of run folders."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,18 @@ def test_groups_that_repeat_a_label_join_its_line(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(script, "_draw", lambda ax, label, curves: drawn.append((label, len(curves))))
     script.plot_groups(["LSTM=old/lstm_s*", "TM=new/tm_s*", "LSTM=new/lstm_s*"], "a task", tmp_path / "task.png")
     assert drawn == [("LSTM", 2), ("TM", 1)]
+
+
+def test_evaluation_table_of_run_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = {"lstm_s0": -10.0, "lstm_s1": -11.0, "lstm_s2": -12.0, "tm_s0": -12.0, "tm_s1": -13.0, "tm_s2": -14.0}
+    for run, value in runs.items():
+        (tmp_path / run).mkdir()
+        record = {"mean_return": value, "memory_gain": 1.0, "mean_final_distance": 0.1 - value / 100}
+        (tmp_path / run / "eval.json").write_text(json.dumps(record))
+    (tmp_path / "tm_s3").mkdir()
+    monkeypatch.chdir(tmp_path)
+    lines = _script().evaluation_table(["LSTM=lstm_s*", "TM=tm_s*"]).splitlines()
+    assert lines[2] == "| LSTM | 3 | -10.00, -11.00, -12.00 | -11.00 +- 1.00 | - | 1.00 | 0.200-0.220 |"
+    assert lines[3] == "| TM | 3 | -12.00, -13.00, -14.00 | -13.00 +- 1.00 | -2.4 | 1.00 | 0.220-0.240 |"
+    with pytest.raises(SystemExit, match="run folders with eval.json"):
+        _script().evaluation_table(["GRU=gru_s*"])
