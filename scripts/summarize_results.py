@@ -157,6 +157,7 @@ def evaluation_table(groups: list[str]) -> str:
     for label, rows in evals.items():
         returns = np.array([r["mean_return"] for r in rows])
         spread = returns.std(ddof=1) if len(returns) > 1 else math.nan
+        mean = f"{returns.mean():.2f}" + (f" +- {spread:.2f}" if len(returns) > 1 else "")
         if first is None:
             first, t = returns, "-"
         else:
@@ -164,8 +165,8 @@ def evaluation_table(groups: list[str]) -> str:
             t = f"{(returns.mean() - first.mean()) / error:.1f}" if error > 0 else "-"
         distances = [r["mean_final_distance"] for r in rows if "mean_final_distance" in r]
         lines.append(
-            f"| {label} | {len(rows)} | {', '.join(f'{r:.2f}' for r in returns)} | {returns.mean():.2f} +- "
-            f"{spread:.2f} | {t} | {np.mean([r.get('memory_gain', math.nan) for r in rows]):.2f} | "
+            f"| {label} | {len(rows)} | {', '.join(f'{r:.2f}' for r in returns)} | {mean} | {t} | "
+            f"{np.mean([r.get('memory_gain', math.nan) for r in rows]):.2f} | "
             + (f"{min(distances):.3f}-{max(distances):.3f} |" if distances else "- |")
         )
     return "\n".join(lines)
