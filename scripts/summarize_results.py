@@ -149,7 +149,7 @@ def evaluation_table(groups: list[str]) -> str:
         label: [json.loads((run / "eval.json").read_text()) for run in runs]
         for label, runs in _run_groups(groups, "eval.json").items()
     }
-    first = None
+    first = first_spread = None
     lines = [
         "| runs | seeds | return per seed | return | Welch's t | memory's gain | final distance |",
         "|---|---|---|---|---|---|---|",
@@ -159,9 +159,9 @@ def evaluation_table(groups: list[str]) -> str:
         spread = returns.std(ddof=1) if len(returns) > 1 else math.nan
         mean = f"{returns.mean():.2f}" + (f" +- {spread:.2f}" if len(returns) > 1 else "")
         if first is None:
-            first, t = returns, "-"
+            first, first_spread, t = returns, spread, "-"
         else:
-            error = math.sqrt(spread**2 / len(returns) + first.std(ddof=1) ** 2 / len(first))
+            error = math.sqrt(spread**2 / len(returns) + first_spread**2 / len(first))
             t = f"{(returns.mean() - first.mean()) / error:.1f}" if error > 0 else "-"
         distances = [r["mean_final_distance"] for r in rows if "mean_final_distance" in r]
         lines.append(
