@@ -149,20 +149,18 @@ def evaluation_table(groups: list[str]) -> str:
         label: [json.loads((run / "eval.json").read_text()) for run in runs]
         for label, runs in _run_groups(groups, "eval.json").items()
     }
-    first = first_spread = None
+    returns_of = {label: np.array([r["mean_return"] for r in rows]) for label, rows in evals.items()}
+    spread_of = {label: r.std(ddof=1) if len(r) > 1 else math.nan for label, r in returns_of.items()}
+    first = next(iter(returns_of))
     lines = [
         "| runs | seeds | return per seed | return | Welch's t | memory's gain | final distance |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, rows in evals.items():
-        returns = np.array([r["mean_return"] for r in rows])
-        spread = returns.std(ddof=1) if len(returns) > 1 else math.nan
+        returns, spread = returns_of[label], spread_of[label]
         mean = f"{returns.mean():.2f}" + (f" +- {spread:.2f}" if len(returns) > 1 else "")
-        if first is None:
-            first, first_spread, t = returns, spread, "-"
-        else:
-            error = math.sqrt(spread**2 / len(returns) + first_spread**2 / len(first))
-            t = f"{(returns.mean() - first.mean()) / error:.1f}" if error > 0 else "-"
+        error = math.sqrt(spread**2 / len(returns) + spread_of[first] ** 2 / len(returns_of[first]))
+        t = f"{(returns.mean() - returns_of[first].mean()) / error:.1f}" if label != first and error > 0 else "-"
         distances = [r["mean_final_distance"] for r in rows if "mean_final_distance" in r]
         lines.append(
             f"| {label} | {len(rows)} | {', '.join(f'{r:.2f}' for r in returns)} | {mean} | {t} | "
