@@ -12,7 +12,7 @@ from torch import nn
 
 from tmem_agents.memory import MemoryBlock, TensorMemory, TensorMemoryConfig
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
-from tmem_agents.policies.tokenizers import has_image, make_tokenizer
+from tmem_agents.policies.tokenizers import has_image, make_tokenizer, token_places
 from tmem_agents.state import reset_state
 from tmem_agents.transformer import PreNormBlock
 
@@ -55,8 +55,10 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
 
     ``image_stem="nature_cnn"`` gives an image ``image_tokens`` tokens cut from SB3's Nature CNN, the encoder
     the baselines use, whose features see where a small object lies; ``"patches"`` one token per cell of an
-    8x8 conv grid; ``"auto"`` the Nature CNN for images of at least 36x36 pixels, else the patches
-    (:mod:`tmem_agents.policies.tokenizers`).
+    8x8 conv grid; ``"cells"`` one token per cell of the Nature CNN's last convolution map, which with
+    ``memory.per_token`` reads and writes at the cell's place in the grid (:class:`TensorMemory`'s ``places``):
+    where in the image a thing was seen is where the memory keeps it; ``"auto"`` the Nature CNN for images of at
+    least 36x36 pixels, else the patches (:mod:`tmem_agents.policies.tokenizers`).
 
     ``read_to_head=True`` hands the memory's read to the head beside the pooled tokens: the last layer's read
     ``(B, N, d)``, averaged over the step's tokens (the chunk's read itself when one chunk reads for the whole
@@ -161,8 +163,15 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
                 "sees the step's observation: set memory.read_after_write=true (each step reads the state after "
                 "its write), or leave some features to the tokens' head"
             )
+        places = token_places(self.tokenizer) if memory.per_token else None
+        if places is not None and memory.chunk_size != num_tokens:
+            raise ValueError(
+                f"the tokens' places (image_stem='cells') tie each of the {num_tokens} tokens of an observation to "
+                f"its place in the grid, which needs them in one chunk: leave memory.chunk_size unset (got "
+                f"{memory.chunk_size})"
+            )
         self.chunks_per_step = num_tokens // memory.chunk_size
-        self.memory = TensorMemory(memory, token_dim)
+        self.memory = TensorMemory(memory, token_dim, places)
         self.layers = nn.ModuleList(MemoryBlock(PreNormBlock(token_dim, heads), self.memory) for _ in range(n_layers))
         self.norm = nn.LayerNorm(token_dim)
         self.pool = ("flatten" if has_image(observation_space) else "mean") if pool == "auto" else pool

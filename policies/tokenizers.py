@@ -4,9 +4,14 @@
 * images, ``image_stem="nature_cnn"``: SB3's Nature CNN, the baselines' encoder, its features cut into
   ``image_tokens`` tokens; ``"spatial_softmax"``: the same with the keypoint encoder
   (:class:`~tmem_agents.policies.encoders.SpatialSoftmaxCNN`); ``image_stem="patches"``: a stride-2 conv stem
-  down to at most 8x8 cells, one token per cell, plus learned positions; ``"auto"`` (the default): the Nature
-  CNN where the image is at least 36x36 pixels, the patches below;
+  down to at most 8x8 cells, one token per cell, plus learned positions; ``image_stem="cells"``: the Nature
+  CNN's convolutions, one token per cell of their last map, each with its place in the image; ``"auto"`` (the
+  default): the Nature CNN where the image is at least 36x36 pixels, the patches below;
 * dicts: each key tokenized, plus a learned key embedding, all concatenated.
+
+A tokenizer whose tokens stand for places in the observation gives them as ``places`` ``(N, 3)``: each token's
+``(x, y, 0)`` in ``[-1, 1]`` (the image's width and height), NaN for a token without a place
+(:func:`token_places`); the Tensor Memory can write each token at its place (``memory.per_token``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import nn
 from tmem_agents.policies.encoders import check_observation_space, image_encoder
 
 MAX_IMAGE_GRID = 8
-IMAGE_STEMS = ("auto", "nature_cnn", "spatial_softmax", "patches")
+IMAGE_STEMS = ("auto", "nature_cnn", "spatial_softmax", "patches", "cells")
 NATURE_CNN_MIN_SIZE = 36
 
 
@@ -128,6 +133,64 @@ class CNNTokenizer(nn.Module):
         return self.cnn(obs).view(obs.shape[0], self.num_tokens, self.token_dim)
 
 
+class CellTokenizer(nn.Module):
+    """Images ``(B, C, H, W)`` (or HWC, transposed here) -> the Nature CNN's three convolutions -> a token per cell
+    of their last map ``(B, h' * w', d)`` (a 1x1 convolution of its 64 channels, plus learned positions).
+
+    The Nature CNN's last linear layer mixes every cell into every feature; here each cell stays a token of its
+    own, with its place in the image (``places``, the cell's centre), so a small object reaches the token of
+    the cell it lies in. A 64x64 frame gives a 4x4 map, 16 tokens.
+    """
+
+    def __init__(self, observation_space: spaces.Box, token_dim: int) -> None:
+        super().__init__()
+        self.channels_first = is_image_space_channels_first(observation_space)
+        chw = image_chw(observation_space)
+        if min(chw[1:]) < NATURE_CNN_MIN_SIZE:
+            raise ValueError(
+                f"image_stem='cells' needs images of at least {NATURE_CNN_MIN_SIZE}x{NATURE_CNN_MIN_SIZE} pixels, "
+                f"got {chw[1]}x{chw[2]}; use image_stem='patches' for smaller images"
+            )
+        self.stem = nn.Sequential(
+            nn.Conv2d(chw[0], 32, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1),
+            nn.ReLU(),
+            nn.Conv2d(64, token_dim, kernel_size=1),
+        )
+        with torch.no_grad():
+            height, width = self.stem(torch.zeros(1, *chw)).shape[2:]
+        self.num_tokens = height * width
+        self.position = nn.Parameter(torch.randn(self.num_tokens, token_dim) * 0.02)
+        ys, xs = (torch.arange(n, dtype=torch.float32).add(0.5).mul(2.0 / n).sub(1.0) for n in (height, width))
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        places = torch.stack((grid_x.flatten(), grid_y.flatten(), torch.zeros(self.num_tokens)), dim=-1)
+        self.register_buffer("places", places, persistent=False)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.channels_first:
+            obs = obs.permute(0, 3, 1, 2)
+        return self.stem(obs).flatten(2).transpose(1, 2) + self.position
+
+
+def token_places(tokenizer: nn.Module) -> torch.Tensor | None:
+    """Each token's place ``(N, 3)`` in ``[-1, 1]``, NaN where a token has none; ``None`` when no token has one."""
+    places = getattr(tokenizer, "places", None)
+    if isinstance(tokenizer, DictTokenizer):
+        parts = {key: token_places(part) for key, part in tokenizer.parts.items()}
+        if any(part is not None for part in parts.values()):
+            nowhere = float("nan")
+            places = torch.cat(
+                [
+                    torch.full((tokenizer.parts[key].num_tokens, 3), nowhere) if part is None else part
+                    for key, part in parts.items()
+                ]
+            )
+    return None if places is None else places.detach().cpu()
+
+
 class DictTokenizer(nn.Module):
     """Each key tokenized on its own, tagged with a learned key embedding, then concatenated."""
 
@@ -154,9 +217,9 @@ def make_tokenizer(
     """The tokenizer for a space; each has ``num_tokens`` and maps a preprocessed batch to ``(B, N, d)``.
 
     ``image_stem`` (one of :data:`IMAGE_STEMS`) picks the images' tokenizer; ``image_tokens`` is the number of
-    tokens of the ``nature_cnn`` and ``spatial_softmax`` stems. Supervised, the Nature CNN finds a small object
-    in a 64x64 frame where the patch stem's averaged tokens do not, and it trains several times faster
-    (``scripts/image_stem_check.py``).
+    tokens of the ``nature_cnn`` and ``spatial_softmax`` stems (``cells`` and ``patches`` make one per cell).
+    Supervised, the Nature CNN finds a small object in a 64x64 frame where the patch stem's averaged tokens do
+    not, and it trains several times faster (``scripts/image_stem_check.py``).
     """
     check_observation_space(observation_space)
     if image_stem not in IMAGE_STEMS:
@@ -169,5 +232,7 @@ def make_tokenizer(
             image_stem = "patches" if small else "nature_cnn"
         if image_stem == "patches":
             return ImageTokenizer(observation_space, token_dim)
+        if image_stem == "cells":
+            return CellTokenizer(observation_space, token_dim)
         return CNNTokenizer(observation_space, token_dim, image_tokens, image_stem)
     return VectorTokenizer(get_flattened_obs_dim(observation_space), token_dim, group_size)

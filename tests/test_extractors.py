@@ -72,6 +72,36 @@ def test_tensor_memory_tokenizes_images_and_dicts_and_uses_its_memory(image_stem
     assert extractor.tokenizer.num_tokens == 2 + 1 + 1 + (5 * 5 if image_stem == "patches" else 8)
 
 
+def test_the_cells_stem_gives_a_token_per_cell_written_at_its_place():
+    torch.manual_seed(0)
+    space = spaces.Dict({"img": spaces.Box(0, 255, (64, 64, 3), np.uint8), "pos": spaces.Box(-1, 1, (3,), np.float32)})
+    extractor = TensorMemoryExtractor(space, image_stem="cells", memory={"per_token": True, "read_grid": True})
+    extractor.restore_initialisation()
+    assert extractor.tokenizer.num_tokens == 4 * 4 + 1  # the Nature CNN's 4x4 map of a 64x64 frame, one vector token
+    centres = torch.tensor([-0.75, -0.25, 0.25, 0.75])
+    obs = map_obs(lambda x: x[0], _obs(space, 1, 2))
+    tokens = extractor.tokenizer(obs)
+    _, write_at, _, _ = extractor.memory.write_terms(extractor.memory.write_proj(tokens))
+    assert torch.allclose(write_at[0, :16, 0], centres.repeat(4))  # x runs along the image's width
+    assert torch.allclose(write_at[0, :16, 1], centres.repeat_interleave(4))
+    assert torch.allclose(write_at[:, 16], torch.zeros(2, 3))  # the vector token has no place: the centre
+    steps, batch = 4, 2
+    obs = _obs(space, steps, batch)
+    starts = torch.zeros(steps, batch)
+    starts[2, 1] = 1
+    features, _ = extractor.sequence(obs, extractor.initial_state(batch), starts)
+    state = extractor.initial_state(batch)
+    for t in range(steps):
+        out, state = extractor.step(map_obs(lambda x, t=t: x[t], obs), state, starts[t])
+        assert torch.allclose(out, features[t], atol=1e-5)
+    without = TensorMemoryExtractor(space, image_stem="cells")
+    assert without.memory.place_logits is None, "a chunk's single write has no one place"
+    with pytest.raises(ValueError, match="leave memory.chunk_size unset"):
+        TensorMemoryExtractor(space, image_stem="cells", memory={"per_token": True, "chunk_size": 1})
+    with pytest.raises(ValueError, match="image_stem='cells' needs images of at least 36x36"):
+        TensorMemoryExtractor(spaces.Box(0, 255, (3, 24, 24), np.uint8), image_stem="cells")
+
+
 def test_auto_image_stem_takes_the_nature_cnn_from_36_pixels():
     for shape, stem in (((3, 40, 44), "nature_cnn"), ((36, 36, 3), "nature_cnn"), ((3, 35, 64), "patches")):
         extractor = TensorMemoryExtractor(spaces.Box(0, 255, shape, np.uint8), **KWARGS["tensor_memory"])

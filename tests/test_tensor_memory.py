@@ -221,6 +221,35 @@ def test_per_token_every_token_reads_its_place_and_padding_writes_nothing(local)
     assert torch.allclose(new_state["h"], h, atol=1e-6) and torch.allclose(new_state["c"], c, atol=1e-6)
 
 
+def test_placed_tokens_start_reading_and_writing_at_their_places():
+    places = torch.tensor([[-0.5, 0.25, 0.0], [float("nan")] * 3])
+    config = TensorMemoryConfig(grid=(4, 4, 4), channels=4, chunk_size=2, per_token=True, backend="torch")
+    memory = TensorMemory(config, 8, places)
+    memory.reset_write_heads()
+    tokens = torch.randn(3, 2, 8)
+    _, write_at, _, _ = memory.write_terms(memory.write_proj(tokens))
+    expected = torch.tensor([[-0.5, 0.25, 0.0], [0.0, 0.0, 0.0]]).expand(3, 2, 3)
+    assert torch.allclose(write_at, expected, atol=1e-6) and torch.allclose(memory.coordinates(tokens), expected)
+    loss = memory(tokens, memory.init_state(3))[1]["h"].square().sum()
+    loss.backward()
+    assert memory.coord.weight.grad.abs().sum() > 0, "the coordinate head learns offsets from the places"
+    with torch.no_grad():
+        memory.coord.weight.normal_()
+    moved = memory.coordinates(tokens)
+    assert torch.allclose(moved[:, 1], torch.tanh(memory.coord(tokens[:, 1])))
+    assert torch.allclose(torch.atanh(moved[:, 0]), memory.coord(tokens[:, 0]) + torch.atanh(places[0]), atol=1e-5)
+
+
+def test_places_are_refused_without_per_token_or_with_bad_values():
+    config = TensorMemoryConfig(grid=(4, 4, 4), channels=4, chunk_size=2, per_token=True)
+    with pytest.raises(ValueError, match="set per_token=True"):
+        TensorMemory(TensorMemoryConfig(chunk_size=2), 8, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"places must have shape \(2, 3\)"):
+        TensorMemory(config, 8, torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="strictly inside"):
+        TensorMemory(config, 8, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+
+
 def test_integer_gate_init_makes_a_float_gate():
     block = MemoryBlock(PreNormBlock(8, heads=2), _memory(gate_init=2))
     assert block.gate.dtype == torch.float32 and block.gate.item() == 2.0

@@ -32,9 +32,14 @@ class TensorMemory(nn.Module):
     The chunk's read vector is projected back to ``d`` (``out_proj``) and broadcast to its tokens. With
     ``per_token`` every token of the chunk is a read input and (projected on its own) a write input, and receives
     its own read. The state's size never depends on the horizon.
+
+    ``places`` ``(chunk_size, 3)`` (with ``per_token``) ties the tokens to places in the grid: token ``n`` reads
+    and writes at ``p = tanh(W_coord x + atanh(place_n))``, so it starts at its place (an image cell's centre,
+    :func:`~tmem_agents.policies.tokenizers.token_places`) and the coordinate head learns offsets from there; a
+    NaN place leaves that token's coordinates to the head alone.
     """
 
-    def __init__(self, config: TensorMemoryConfig, token_dim: int) -> None:
+    def __init__(self, config: TensorMemoryConfig, token_dim: int, places: torch.Tensor | None = None) -> None:
         super().__init__()
         if not isinstance(config, TensorMemoryConfig):
             raise TypeError(f"config must be a TensorMemoryConfig, got {type(config).__name__}")
@@ -68,6 +73,24 @@ class TensorMemory(nn.Module):
         elif config.read_standardize:
             self.read_norm = RunningStandardize(read_width)
         self.out_proj = nn.Linear(read_width, token_dim)
+        self.register_buffer("place_logits", self._place_logits(places), persistent=False)
+
+    def _place_logits(self, places: torch.Tensor | None) -> torch.Tensor | None:
+        """``atanh`` of the tokens' places ``(chunk_size, 3)``, 0 where a token has none; ``None`` without places."""
+        if places is None:
+            return None
+        expected = (self.config.chunk_size, 3)
+        if not self.config.per_token:
+            raise ValueError(
+                "places tie each token's read and write to a place in the grid, which needs every token to read "
+                "and write on its own: set per_token=True"
+            )
+        if tuple(places.shape) != expected:
+            raise ValueError(f"places must have shape {expected} (one per token of a chunk), got {tuple(places.shape)}")
+        placed = places[~places.isnan()]
+        if placed.numel() and placed.abs().max() >= 1:
+            raise ValueError("places must lie strictly inside (-1, 1), where tanh reaches; NaN for no place")
+        return torch.atanh(places.float()).nan_to_num(nan=0.0)
 
     def _zero_write_heads(self) -> None:
         nn.init.zeros_(self.write_proj.bias)
@@ -85,9 +108,13 @@ class TensorMemory(nn.Module):
         so that from an empty state zero tokens leave the state exactly empty; and every write with the
         spread and strength their biases give (``sigma_bias_init``, ``strength_bias_init``), so what a write
         leaves in the grid is set by its content until training makes where and how wide it writes depend on
-        the token. Policies call this after their own initialisation.
+        the token. With ``places`` the coordinate head starts at zero instead, so every token starts reading
+        and writing at its place (a token without one at the centre). Policies call this after their own initialisation.
         """
         self.coord.reset_parameters()
+        if self.place_logits is not None:
+            nn.init.zeros_(self.coord.weight)
+            nn.init.zeros_(self.coord.bias)
         self.content.reset_parameters()
         self._zero_write_heads()
 
@@ -111,14 +138,16 @@ class TensorMemory(nn.Module):
         return reset_state(state, episode_starts)
 
     def coordinates(self, x: torch.Tensor) -> torch.Tensor:
-        """Shared coordinate head: ``(..., d)`` -> ``(..., 3)`` in ``[-1, 1]``."""
-        return torch.tanh(self.coord(x))
+        """Shared coordinate head: ``(..., d)`` -> ``(..., 3)`` in ``[-1, 1]``; with ``places``, ``x``'s last
+        dimension but one runs over a chunk's tokens, each offset towards its place."""
+        logits = self.coord(x)
+        return torch.tanh(logits if self.place_logits is None else logits + self.place_logits)
 
     def write_terms(
         self, x_write: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Content ``(..., C)``, location ``(..., 3)``, spread ``(...)`` and strength ``(...)`` (``None`` without
-        the local update) of a write input ``(..., d)``."""
+        the local update) of a write input ``(..., d)`` (``(..., chunk_size, d)`` with ``places``)."""
         sigma = self.config.sigma_scale * (
             F.softplus(self.spread(x_write).squeeze(-1) + self.spread_bias) + SIGMA_FLOOR
         )
