@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import json
 import math
 import re
@@ -121,12 +122,12 @@ def _save(fig: plt.Figure, ax: plt.Axes, title: str, path: Path) -> None:
 
 
 def _run_groups(groups: list[str], holding: str) -> dict[str, list[Path]]:
-    """The run folders of ``label=glob`` groups (relative to the working directory; split at the last ``=``;
-    groups that repeat a label join it) that hold ``holding``, by label in their first order."""
+    """The run folders of ``label=glob`` groups (absolute or relative to the working directory; split at the
+    last ``=``; groups that repeat a label join it) that hold ``holding``, by label in their first order."""
     runs_of: dict[str, list[Path]] = {}
     for group in groups:
         label, sep, pattern = group.rpartition("=")
-        runs = sorted(p for p in Path().glob(pattern) if (p / holding).exists())
+        runs = sorted(Path(p) for p in glob.glob(pattern) if (Path(p) / holding).exists())
         if not sep or not runs:
             raise SystemExit(f"{group!r}: expected label=glob matching run folders with {holding}")
         runs_of.setdefault(label, []).extend(runs)

@@ -51,7 +51,7 @@ def test_evaluation_table_of_run_groups(tmp_path: Path, monkeypatch: pytest.Monk
         (tmp_path / run / "eval.json").write_text(json.dumps(record))
     (tmp_path / "tm_s3").mkdir()
     monkeypatch.chdir(tmp_path)
-    lines = _script().evaluation_table(["LSTM=lstm_s*", "TM=tm_s*"]).splitlines()
+    lines = _script().evaluation_table(["LSTM=lstm_s*", f"TM={tmp_path}/tm_s*"]).splitlines()  # absolute too
     assert lines[2] == "| LSTM | 3 | -10.00, -11.00, -12.00 | -11.00 +- 1.00 | - | 1.00 | 0.200-0.220 |"
     assert lines[3] == "| TM | 3 | -12.00, -13.00, -14.00 | -13.00 +- 1.00 | -2.4 | 1.00 | 0.220-0.240 |"
     with pytest.raises(SystemExit, match="run folders with eval.json"):
