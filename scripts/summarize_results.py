@@ -8,8 +8,9 @@ second, state bytes per env and parameters. ``--write docs/results.md`` puts the
 ``<!-- results -->`` markers of that file, and with ``--ablation`` the table of a
 ``scripts/recall_check.py --out`` file between the ``<!-- ablation -->`` markers. ``--curves`` draws the same
 plot for any groups of run folders instead, one line per ``label=glob``; ``--table`` prints, for the same
-groups, their evaluations by ``tmem-eval`` (each folder's ``eval.json``): the return per seed, its mean and
-sample standard deviation, Welch's t against the first group, the memory's gain and the final distance.
+groups, their evaluations by ``tmem-eval`` (each folder's ``eval.json``, or the file ``--eval-file`` names): the
+return per seed, its mean and sample standard deviation, Welch's t against the first group, the memory's gain
+and the final distance.
 
     python scripts/summarize_results.py --results results --ablation results/ablation.jsonl --write docs/results.md
     python scripts/summarize_results.py --curves docs/results/long.png --title "long cue recall" \
@@ -142,13 +143,14 @@ def plot_groups(groups: list[str], title: str, path: Path) -> None:
     _save(fig, ax, title, path)
 
 
-def evaluation_table(groups: list[str]) -> str:
-    """One row per label of ``label=glob`` groups of run folders evaluated by ``tmem-eval`` (``eval.json``):
-    the return per seed (in the folders' order), mean +- sample standard deviation, Welch's t of the mean
-    against the first label's (positive: higher), the memory's mean gain and the range of final distances."""
+def evaluation_table(groups: list[str], eval_file: str = "eval.json") -> str:
+    """One row per label of ``label=glob`` groups of run folders evaluated by ``tmem-eval`` (``eval_file``, its
+    ``output``): the return per seed (in the folders' order), mean +- sample standard deviation, Welch's t of the
+    mean against the first label's (positive: higher), the memory's mean gain (where ``memory_ablation`` ran) and
+    the range of final distances."""
     evals = {
-        label: [json.loads((run / "eval.json").read_text()) for run in runs]
-        for label, runs in _run_groups(groups, "eval.json").items()
+        label: [json.loads((run / eval_file).read_text()) for run in runs]
+        for label, runs in _run_groups(groups, eval_file).items()
     }
     returns_of = {label: np.array([r["mean_return"] for r in rows]) for label, rows in evals.items()}
     spread_of = {label: r.std(ddof=1) if len(r) > 1 else math.nan for label, r in returns_of.items()}
@@ -163,9 +165,10 @@ def evaluation_table(groups: list[str]) -> str:
         error = math.sqrt(spread**2 / len(returns) + spread_of[first] ** 2 / len(returns_of[first]))
         t = f"{(returns.mean() - returns_of[first].mean()) / error:.1f}" if label != first and error > 0 else "-"
         distances = [r["mean_final_distance"] for r in rows if "mean_final_distance" in r]
+        gains = [r["memory_gain"] for r in rows if "memory_gain" in r]
         lines.append(
             f"| {label} | {len(rows)} | {', '.join(f'{r:.2f}' for r in returns)} | {mean} | {t} | "
-            f"{np.mean([r.get('memory_gain', math.nan) for r in rows]):.2f} | "
+            + (f"{np.mean(gains):.2f} | " if gains else "- | ")
             + (f"{min(distances):.3f}-{max(distances):.3f} |" if distances else "- |")
         )
     return "\n".join(lines)
@@ -205,10 +208,11 @@ def main() -> None:
     parser.add_argument("--curves", type=Path, help="plot the groups into this file instead of summarizing")
     parser.add_argument("--title", default="", help="title of the --curves plot")
     parser.add_argument("--table", action="store_true", help="print the groups' evaluations instead")
+    parser.add_argument("--eval-file", default="eval.json", help="with --table: the evaluation file of each run")
     parser.add_argument("groups", nargs="*", help="with --curves or --table: label=glob of run folders")
     args = parser.parse_args()
     if args.table:
-        print(evaluation_table(args.groups))
+        print(evaluation_table(args.groups, args.eval_file))
         return
     if args.curves:
         plot_groups(args.groups, args.title, args.curves)

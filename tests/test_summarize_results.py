@@ -56,3 +56,7 @@ def test_evaluation_table_of_run_groups(tmp_path: Path, monkeypatch: pytest.Monk
     assert lines[3] == "| TM | 3 | -12.00, -13.00, -14.00 | -13.00 +- 1.00 | -2.4 | 1.00 | 0.220-0.240 |"
     with pytest.raises(SystemExit, match="run folders with eval.json"):
         _script().evaluation_table(["GRU=gru_s*"])
+    (tmp_path / "tm_s3" / "eval500.json").write_text(json.dumps({"mean_return": -12.5, "mean_final_distance": 0.2}))
+    assert _script().evaluation_table(["TM=tm_s*"], "eval500.json").splitlines()[2] == (
+        "| TM | 1 | -12.50 | -12.50 | - | - | 0.200-0.200 |"
+    )
