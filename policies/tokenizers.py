@@ -181,10 +181,9 @@ def token_places(tokenizer: nn.Module) -> torch.Tensor | None:
     if isinstance(tokenizer, DictTokenizer):
         parts = {key: token_places(part) for key, part in tokenizer.parts.items()}
         if any(part is not None for part in parts.values()):
-            nowhere = float("nan")
             places = torch.cat(
                 [
-                    torch.full((tokenizer.parts[key].num_tokens, 3), nowhere) if part is None else part
+                    torch.full((tokenizer.parts[key].num_tokens, 3), float("nan")) if part is None else part
                     for key, part in parts.items()
                 ]
             )
