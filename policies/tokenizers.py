@@ -71,14 +71,30 @@ class VectorTokenizer(nn.Module):
         return torch.einsum("bng,ngd->bnd", groups, self.weight) + self.bias
 
 
-class ImageTokenizer(nn.Module):
-    """Images ``(B, C, H, W)`` (or HWC, transposed here) -> patch tokens ``(B, h' * w', d)`` with positions."""
+class ConvCellTokenizer(nn.Module):
+    """Images ``(B, C, H, W)`` (or HWC, transposed here) -> a conv ``stem`` -> a token per cell of its last map
+    ``(B, h' * w', d)``, plus learned positions; ``map_size`` is ``(h', w')``."""
 
-    def __init__(self, observation_space: spaces.Box, token_dim: int) -> None:
+    def __init__(self, observation_space: spaces.Box, token_dim: int, stem: nn.Module) -> None:
         super().__init__()
         self.channels_first = is_image_space_channels_first(observation_space)
-        chw = image_chw(observation_space)
-        channels, height, width = chw
+        self.stem = stem
+        with torch.no_grad():
+            self.map_size = tuple(self.stem(torch.zeros(1, *image_chw(observation_space))).shape[2:])
+        self.num_tokens = self.map_size[0] * self.map_size[1]
+        self.position = nn.Parameter(torch.randn(self.num_tokens, token_dim) * 0.02)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.channels_first:
+            obs = obs.permute(0, 3, 1, 2)
+        return self.stem(obs).flatten(2).transpose(1, 2) + self.position
+
+
+class ImageTokenizer(ConvCellTokenizer):
+    """Images -> patch tokens ``(B, h' * w', d)`` with positions: stride-2 convolutions down to at most 8x8 cells."""
+
+    def __init__(self, observation_space: spaces.Box, token_dim: int) -> None:
+        channels, height, width = image_chw(observation_space)
         layers: list[nn.Module] = []
         in_ch = channels
         while max(height, width) > MAX_IMAGE_GRID:
@@ -86,16 +102,7 @@ class ImageTokenizer(nn.Module):
             in_ch = token_dim
             height, width = (height + 1) // 2, (width + 1) // 2
         layers += [nn.Conv2d(in_ch, token_dim, kernel_size=1)]
-        self.stem = nn.Sequential(*layers)
-        with torch.no_grad():
-            probe = self.stem(torch.zeros(1, *chw))
-        self.num_tokens = probe.shape[2] * probe.shape[3]
-        self.position = nn.Parameter(torch.randn(self.num_tokens, token_dim) * 0.02)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        if not self.channels_first:
-            obs = obs.permute(0, 3, 1, 2)
-        return self.stem(obs).flatten(2).transpose(1, 2) + self.position
+        super().__init__(observation_space, token_dim, nn.Sequential(*layers))
 
 
 class CNNTokenizer(nn.Module):
@@ -133,9 +140,9 @@ class CNNTokenizer(nn.Module):
         return self.cnn(obs).view(obs.shape[0], self.num_tokens, self.token_dim)
 
 
-class CellTokenizer(nn.Module):
-    """Images ``(B, C, H, W)`` (or HWC, transposed here) -> the Nature CNN's three convolutions -> a token per cell
-    of their last map ``(B, h' * w', d)`` (a 1x1 convolution of its 64 channels, plus learned positions).
+class CellTokenizer(ConvCellTokenizer):
+    """Images -> the Nature CNN's three convolutions -> a token per cell of their last map ``(B, h' * w', d)`` (a
+    1x1 convolution of its 64 channels, plus learned positions).
 
     The Nature CNN's last linear layer mixes every cell into every feature; here each cell stays a token of its
     own, with its place in the image (``places``, the cell's centre), so a small object reaches the token of
@@ -143,15 +150,13 @@ class CellTokenizer(nn.Module):
     """
 
     def __init__(self, observation_space: spaces.Box, token_dim: int) -> None:
-        super().__init__()
-        self.channels_first = is_image_space_channels_first(observation_space)
         chw = image_chw(observation_space)
         if min(chw[1:]) < NATURE_CNN_MIN_SIZE:
             raise ValueError(
                 f"image_stem='cells' needs images of at least {NATURE_CNN_MIN_SIZE}x{NATURE_CNN_MIN_SIZE} pixels, "
                 f"got {chw[1]}x{chw[2]}; use image_stem='patches' for smaller images"
             )
-        self.stem = nn.Sequential(
+        stem = nn.Sequential(
             nn.Conv2d(chw[0], 32, kernel_size=8, stride=4),
             nn.ReLU(),
             nn.Conv2d(32, 64, kernel_size=4, stride=2),
@@ -160,19 +165,11 @@ class CellTokenizer(nn.Module):
             nn.ReLU(),
             nn.Conv2d(64, token_dim, kernel_size=1),
         )
-        with torch.no_grad():
-            height, width = self.stem(torch.zeros(1, *chw)).shape[2:]
-        self.num_tokens = height * width
-        self.position = nn.Parameter(torch.randn(self.num_tokens, token_dim) * 0.02)
-        ys, xs = (torch.arange(n, dtype=torch.float32).add(0.5).mul(2.0 / n).sub(1.0) for n in (height, width))
+        super().__init__(observation_space, token_dim, stem)
+        ys, xs = (torch.arange(n, dtype=torch.float32).add(0.5).mul(2.0 / n).sub(1.0) for n in self.map_size)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         places = torch.stack((grid_x.flatten(), grid_y.flatten(), torch.zeros(self.num_tokens)), dim=-1)
         self.register_buffer("places", places, persistent=False)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        if not self.channels_first:
-            obs = obs.permute(0, 3, 1, 2)
-        return self.stem(obs).flatten(2).transpose(1, 2) + self.position
 
 
 def token_places(tokenizer: nn.Module) -> torch.Tensor | None:
