@@ -10,7 +10,7 @@ from tmem_agents.memory import FactorizedGateConv, TensorMemory, TensorMemoryCon
 from tmem_agents.ops import cpu_kernel, memory_step
 from tmem_agents.ops import recurrence as recurrence_module
 from tmem_agents.ops.recurrence import dense_operator, recurrence, write_gates
-from tmem_agents.ops.reference import ConvWeights, factorized_conv, input_gates, local_update, lstm_update
+from tmem_agents.ops.reference import ConvWeights, input_gates, local_update, lstm_update, step_gates
 
 STEPS, BATCH, CHANNELS, GRID = 4, 3, 2, (3, 4, 2)
 KEEP = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 1]], dtype=torch.float64)
@@ -65,23 +65,25 @@ def after_write(request):
     return request.param
 
 
-def _plain(after_write, masses, volumes, h, c, *weights):
-    """The reference, step by step: the factorized conv of concat(V, h), the LSTM update, the local update."""
+def _plain(after_write, masses, volumes, h, c, *weights, gate_inputs=None):
+    """The reference, step by step: the factorized conv of concat(V, h) (plus the gate inputs), the LSTM update,
+    the local update."""
     reads = []
     for step in range(STEPS):
         keep = KEEP[step].view(-1, 1, 1, 1, 1)
         h, c = h * keep, c * keep
         if not after_write:
             reads.append(h)
-        h_next, c_next = lstm_update(factorized_conv(torch.cat([volumes[step], h], 1), ConvWeights(*weights)), c)
+        gates_in = None if gate_inputs is None else gate_inputs[step]
+        h_next, c_next = lstm_update(step_gates(volumes[step], h, ConvWeights(*weights), gates_in), c)
         h, c = (h_next, c_next) if masses is None else local_update(h, c, h_next, c_next, masses[step])
         if after_write:
             reads.append(h)
     return torch.stack(reads), h, c
 
 
-def _fast(after_write, masses, volumes, h, c, *weights):
-    return recurrence(volumes, h, c, KEEP, ConvWeights(*weights), masses, after_write=after_write)
+def _fast(after_write, masses, volumes, h, c, *weights, gate_inputs=None):
+    return recurrence(volumes, h, c, KEEP, ConvWeights(*weights), masses, after_write, gate_inputs)
 
 
 def _with_masses(form, after_write=False):
@@ -108,10 +110,31 @@ def test_recurrence_gradcheck(depthwise_form, update_form, after_write):
     assert torch.autograd.gradcheck(fast, inputs, fast_mode=True)
 
 
+def test_gate_inputs_match_the_plain_loop_forward_and_backward(depthwise_form, update_form):
+    """Each env's gate inputs added to every cell's gates, in the kernel and the PyTorch form alike, with their
+    gradient the gates' summed over the cells."""
+    inputs, plain, fast = _with_masses(update_form)
+    gate_inputs = torch.randn(STEPS, BATCH, 4 * CHANNELS, dtype=torch.float64, requires_grad=True)
+    plain, fast = (functools.partial(f, gate_inputs=gate_inputs) for f in (plain, fast))
+    params = (*inputs, gate_inputs)
+    for a, b in zip(plain(*inputs), fast(*inputs), strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
+    without = _with_masses(update_form)[2](*inputs)
+    assert not torch.allclose(fast(*inputs)[1], without[1])
+    cotangents = [torch.randn_like(t) for t in plain(*inputs)]
+    grads_plain = torch.autograd.grad(plain(*inputs), params, cotangents)
+    grads_fast = torch.autograd.grad(fast(*inputs), params, cotangents)
+    for a, b in zip(grads_plain, grads_fast, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    base = _with_masses(update_form)[2]
+    assert torch.autograd.gradcheck(lambda *a: base(*a[:-1], gate_inputs=a[-1]), params, fast_mode=True)
+
+
 @pytest.mark.parametrize("local", [False, True])
 @pytest.mark.parametrize("cube", [0.0, 0.4])
 @pytest.mark.parametrize("per_token", [False, True])
-def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local, cube, per_token):
+@pytest.mark.parametrize("gates", [False, True], ids=["", "input_gates"])
+def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local, cube, per_token, gates):
     torch.manual_seed(1)
     config = TensorMemoryConfig(
         grid=(3, 4, 5),
@@ -119,6 +142,7 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local, 
         chunk_size=2,
         write_radius=1,
         local_update=local,
+        input_gates=gates,
         read_norm=local,
         read_cube=cube,
         per_token=per_token,
@@ -138,7 +162,8 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local, 
         chunk = grouped[:, step]
         inputs = chunk if per_token else chunk.flatten(1)[:, None]  # each token, or the whole chunk
         readers = chunk if per_token else chunk[:, :1]
-        values, write_loc, sigma, strength = memory.write_terms(memory.write_proj(inputs))
+        x_write = memory.write_proj(inputs)
+        values, write_loc, sigma, strength = memory.write_terms(x_write)
         read, h, c = memory_step(
             h,
             c,
@@ -149,6 +174,7 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local, 
             memory.update.weights(),
             radius=1,
             strength=strength,
+            gate_inputs=memory.gate_proj(x_write).sum(1) if gates else None,
             backend="torch",
         )
         reads.append(read.reshape(2, 1, len(readers[0]), -1))  # the read cube's 8 reads side by side per reader

@@ -418,3 +418,27 @@ def test_no_grad_forward_equals_the_training_forward(monkeypatch, kernel, after_
     assert torch.allclose(out, out_no_grad, atol=1e-5)
     for key in ("h", "c"):
         assert torch.allclose(new_state[key], state_no_grad[key], atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["1", "0"])
+def test_input_gates_set_the_gates_from_the_write_input(monkeypatch, kernel):
+    """With ``input_gates`` the write input moves every cell's gates: zeroed, the memory is the one without them;
+    drawn, it changes the state, learns by gradient, and rollouts (no grad) compute what training computes."""
+    monkeypatch.setenv("TMEM_CPU_KERNEL", kernel)
+    memory = _memory(chunk_size=2, local_update=True, input_gates=True)
+    plain = _memory(chunk_size=2, local_update=True)
+    plain.load_state_dict({k: v for k, v in memory.state_dict().items() if not k.startswith("gate_proj")})
+    state = memory.init_state(2).apply(lambda t: torch.randn_like(t))
+    tokens = torch.randn(2, 4, 8)
+    starts = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    out, new_state = memory(tokens, state, starts)
+    _, plain_state = plain(tokens, state, starts)
+    assert not torch.allclose(new_state["h"], plain_state["h"], atol=1e-4)
+    (out.square().sum() + new_state["c"].sum()).backward()
+    assert memory.gate_proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        out_no_grad, state_no_grad = memory(tokens, state, starts)
+        memory.gate_proj.weight.zero_()
+        _, zeroed = memory(tokens, state, starts)
+    assert torch.allclose(out, out_no_grad, atol=1e-5) and torch.allclose(new_state["c"], state_no_grad["c"], atol=1e-5)
+    assert torch.allclose(zeroed["c"], plain_state["c"], atol=1e-6)

@@ -481,12 +481,19 @@ def test_rejects_bad_padding_and_out() -> None:
         triton_read.read_forward(memory, queries, True, out=torch.empty(1, 2, 4, device=DEVICE))
 
 
-def test_module_with_triton_backend_matches_torch_backend_over_steps_with_resets() -> None:
+@pytest.mark.parametrize("options", [{}, {"local_update": True, "input_gates": True}], ids=["", "input_gates"])
+def test_module_with_triton_backend_matches_torch_backend_over_steps_with_resets(options, monkeypatch) -> None:
+    """Rollout steps (no grad, one step per chunk: on the CPU with its C kernel off): the fused step, and with
+    gate inputs the Triton write and read composed with the PyTorch update."""
     from tmem_agents.memory import TensorMemory, TensorMemoryConfig
+
+    monkeypatch.setenv("TMEM_CPU_KERNEL", "0")
 
     torch.manual_seed(7)
     memories = {
-        backend: TensorMemory(TensorMemoryConfig(grid=(3, 4, 5), channels=3, chunk_size=2, backend=backend), 6)
+        backend: TensorMemory(
+            TensorMemoryConfig(grid=(3, 4, 5), channels=3, chunk_size=2, backend=backend, **options), 6
+        )
         for backend in ("torch", "triton")
     }
     memories["triton"].load_state_dict(memories["torch"].state_dict())

@@ -94,6 +94,7 @@ class MemoryGridConfig:
     forget_bias_init: float = 3.0
     local_update: bool = True
     strength_bias_init: float = -2.0
+    input_gates: bool = False
     read_norm: bool = True
     read_standardize: bool = False
     read_cube: float = 0.0

@@ -32,6 +32,10 @@ class TensorMemoryConfig:
             and a token can decline to write. ``False`` (reference) updates every cell at every step.
         strength_bias_init: initial bias of the write-strength head, whose weights start at zero: every write
             starts with this strength (``sigmoid(0) = 0.5``).
+        input_gates: the write input also sets the gates, as an LSTM's input sets its gates: a linear map of
+            ``x_w`` (``4C`` numbers, ``W_gate x_w``, no bias) adds to the gates ``(i, f, o, g)`` of every cell,
+            beside the conv of the written volume, whose share of the gates passes through the ``C`` numbers
+            the write stores. ``False`` (reference): the gates see the write only through its volume.
         read_norm: a LayerNorm over the read's ``C`` channels before ``out_proj``, so what the memory holds
             reaches the tokens at unit scale however small ``h`` is (``False``: the reference's plain projection).
         read_standardize: instead of ``read_norm``, standardize the read number by number with running
@@ -82,6 +86,7 @@ class TensorMemoryConfig:
     forget_bias_init: float = 0.0
     local_update: bool = False
     strength_bias_init: float = 0.0
+    input_gates: bool = False
     read_norm: bool = False
     read_standardize: bool = False
     read_cube: float = 0.0
@@ -110,7 +115,15 @@ class TensorMemoryConfig:
         _require_finite("sigma_bias_init", self.sigma_bias_init)
         _require_finite("gate_init", self.gate_init)
         _require_finite("forget_bias_init", self.forget_bias_init)
-        flags = ("local_update", "read_norm", "read_standardize", "read_grid", "read_after_write", "per_token")
+        flags = (
+            "local_update",
+            "input_gates",
+            "read_norm",
+            "read_standardize",
+            "read_grid",
+            "read_after_write",
+            "per_token",
+        )
         for name in (*flags, "write_grad"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TensorMemoryConfig.{name} must be true or false; got {getattr(self, name)!r}")

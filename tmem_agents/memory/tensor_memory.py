@@ -26,7 +26,8 @@ class TensorMemory(nn.Module):
     ``x_r``, a learned projection of all its tokens (or of the same chunk of ``write_tokens``) the write input
     ``x_w``. One coordinate head serves both, ``p = tanh(W_coord x)`` in ``[-1, 1]^3`` as ``(x, y, z)`` indexing
     ``(W, H, D)``, so a token that wrote at ``p`` reads from ``p`` when seen again. The write carries ``v = W_v
-    x_w`` with spread ``sigma = sigma_scale * (softplus(w_s x_w) + 1e-4)``. Each step reads ``h`` at ``p_r`` (or at
+    x_w`` with spread ``sigma = sigma_scale * (softplus(w_s x_w) + 1e-4)`` (and, with ``input_gates``, ``W_gate
+    x_w`` added to every cell's gates). Each step reads ``h`` at ``p_r`` (or at
     the 8 corners of a cube around it, ``read_cube``; or reads every cell, ``read_grid``), then writes and updates
     (:func:`tmem_agents.ops.memory_step`); with ``read_after_write`` it reads the state after its write instead.
     The chunk's read vector is projected back to ``d`` (``out_proj``) and broadcast to its tokens. With
@@ -61,6 +62,7 @@ class TensorMemory(nn.Module):
         if config.local_update:
             self.strength = nn.Linear(token_dim, 1, bias=False)
             self.strength_bias = nn.Parameter(torch.tensor(float(config.strength_bias_init)))
+        self.gate_proj = nn.Linear(token_dim, 4 * channels, bias=False) if config.input_gates else None
         self._zero_write_heads()
         self.update = FactorizedGateConv(channels, config.forget_bias_init)
         corners = torch.tensor([[x, y, z] for z in (-1.0, 1.0) for y in (-1.0, 1.0) for x in (-1.0, 1.0)])
@@ -100,8 +102,8 @@ class TensorMemory(nn.Module):
             nn.init.zeros_(self.strength.weight)
 
     def reset_write_heads(self) -> None:
-        """Re-draw the coordinate and content heads as ``nn.Linear`` does, zero the write input's and the
-        content's biases, and zero the spread and strength weights.
+        """Re-draw the coordinate, content and gate-input heads as ``nn.Linear`` does, zero the write input's
+        and the content's biases, and zero the spread and strength weights.
 
         The memory's own start: coordinates near the centre for every token, so reads and writes start close
         together; contents small enough that the gates pass them nearly linearly, and zero for zero tokens,
@@ -116,6 +118,8 @@ class TensorMemory(nn.Module):
             nn.init.zeros_(self.coord.weight)
             nn.init.zeros_(self.coord.bias)
         self.content.reset_parameters()
+        if self.gate_proj is not None:
+            self.gate_proj.reset_parameters()
         self._zero_write_heads()
 
     @property
@@ -204,26 +208,31 @@ class TensorMemory(nn.Module):
         write_tokens = tokens if write_tokens is None else write_tokens
         if not self.config.write_grad:
             write_tokens = write_tokens.detach()
-        writes = self.write_terms(self.write_proj(chunks(write_tokens)))
+        x_write = self.write_proj(chunks(write_tokens))
+        writes = self.write_terms(x_write)
+        gate_inputs = None if self.gate_proj is None else self.gate_proj(x_write)
         if inputs > 1 and num % chunk:  # the padding tokens of a last, partial chunk write nothing
             valid = (torch.arange(read_loc.shape[1] * chunk, device=tokens.device) < num).view(1, -1, chunk)
             values, write_loc, sigma, strength = writes
             writes = (values * valid.unsqueeze(-1), write_loc, sigma, None if strength is None else strength * valid)
+            gate_inputs = None if gate_inputs is None else gate_inputs * valid.unsqueeze(-1)
+        if gate_inputs is not None:  # a step's writes add up, in their volumes and in their gate inputs
+            gate_inputs = gate_inputs.sum(dim=2)
         if chunk_starts is not None and tuple(chunk_starts.shape) != tuple(read_loc.shape[:2]):
             raise ValueError(
                 f"chunk_starts must have shape {tuple(read_loc.shape[:2])}, got {tuple(chunk_starts.shape)}"
             )
         h, c = state["h"], state["c"]
         if torch.is_grad_enabled() or cpu_kernel.available(h):
-            reads, h, c = self._scan(h, c, read_loc, writes, chunk_starts)
+            reads, h, c = self._scan(h, c, read_loc, writes, gate_inputs, chunk_starts)
         else:
-            reads, h, c = self._steps(h, c, read_loc, writes, chunk_starts)
+            reads, h, c = self._steps(h, c, read_loc, writes, gate_inputs, chunk_starts)
         reads_per_chunk = 1 if self.config.read_grid else inputs
         out = self.out_proj(self.read_norm(reads.view(batch, reads.shape[1], reads_per_chunk, -1)))
         out = out.expand(-1, -1, chunk, -1).reshape(batch, -1, dim)[:, :num]
         return out, TensorDict({"h": h, "c": c}, batch_size=state.batch_size, device=state.device)
 
-    def _scan(self, h, c, read_loc, writes, chunk_starts):
+    def _scan(self, h, c, read_loc, writes, gate_inputs, chunk_starts):
         """All ``K`` steps with the non-recurrent work batched: the writes before the recurrence
         (:func:`~tmem_agents.ops.recurrence.recurrence`), the reads after it. Training everywhere, and every
         forward on the CPU when its C kernel is built (a no-grad step too: about a third faster than
@@ -251,7 +260,11 @@ class TensorMemory(nn.Module):
             ).view(steps, batch, 1, *cfg.grid)
         keep = torch.ones(steps, batch, device=h.device) if chunk_starts is None else 1.0 - chunk_starts.T.to(h.dtype)
         volumes = volumes.view(steps, batch, channels, *cfg.grid)
-        read_from, h, c = recurrence(volumes, h, c, keep, weights, masses, after_write=cfg.read_after_write)
+        if gate_inputs is not None:
+            gate_inputs = gate_inputs.transpose(0, 1).contiguous()
+        read_from, h, c = recurrence(
+            volumes, h, c, keep, weights, masses, after_write=cfg.read_after_write, gate_inputs=gate_inputs
+        )
         if cfg.read_grid:
             reads = read_from
         else:
@@ -260,7 +273,7 @@ class TensorMemory(nn.Module):
             )
         return reads.reshape(steps, batch, -1).transpose(0, 1), h, c
 
-    def _steps(self, h, c, read_loc, writes, chunk_starts):
+    def _steps(self, h, c, read_loc, writes, gate_inputs, chunk_starts):
         """Without gradients (rollouts, deployment) on other devices, or on a CPU without the C kernel: one
         :func:`~tmem_agents.ops.memory_step` per chunk, the fused kernel (one launch per step) on the Triton
         backend; with ``read_after_write``, a read of the new state after each step."""
@@ -283,6 +296,7 @@ class TensorMemory(nn.Module):
                 radius=cfg.write_radius,
                 padding_mode=cfg.padding_mode,
                 strength=None if strength is None else strength[:, step],
+                gate_inputs=None if gate_inputs is None else gate_inputs[:, step],
                 backend=cfg.backend,
             )
             if cfg.read_after_write:

@@ -83,7 +83,7 @@ def _library(real: str) -> ctypes.CDLL | None:
         _FAILURES.append(str(error))
         return None
     pointer = ctypes.c_void_p
-    library.recurrence_forward.argtypes = [ctypes.POINTER(_Shape)] + [pointer] * 17
+    library.recurrence_forward.argtypes = [ctypes.POINTER(_Shape)] + [pointer] * 18
     library.recurrence_backward.argtypes = [ctypes.POINTER(_Shape)] + [pointer] * 21
     return library
 
@@ -137,19 +137,21 @@ def forward(
     taps: torch.Tensor,
     biases: torch.Tensor,
     after_write: bool = False,
+    gate_inputs: torch.Tensor | None = None,
 ) -> tuple[Saved, torch.Tensor, torch.Tensor]:
     """``K`` steps from ``h, c (C, N, D, H, W)``, all channel-major: the written volumes ``(C, K, N D H W)``,
     keep ``(K, N)``, resets ``(K,)`` uint8, masses ``(K, N D H W)`` or ``None``, pointwise ``(4C, 2C)`` and
-    pointwise_bias ``(4C,)``, taps ``(3, 2C, 3)`` and biases ``(3, 2C)`` (axes D, H, W). Returns what the
-    backward needs (with ``after_write``, each step's new ``h`` too: ``Saved.written (C, K, N, D, H, W)``) and the
-    final ``h, c``."""
+    pointwise_bias ``(4C,)``, taps ``(3, 2C, 3)`` and biases ``(3, 2C)`` (axes D, H, W), gate_inputs
+    ``(4C, K, N)`` or ``None`` (added to the gates of every cell of an env; their gradient is the gates' summed
+    over the cells). Returns what the backward needs (with ``after_write``, each step's new ``h`` too:
+    ``Saved.written (C, K, N, D, H, W)``) and the final ``h, c``."""
     steps = volumes.shape[1]
     h, c = h.clone(memory_format=torch.contiguous_format), c.clone(memory_format=torch.contiguous_format)
     saved = Saved(steps, h, masses is not None, after_write)
     scratch = h.new_empty((4 * h.shape[0] + 8) * h[0].numel())
     _library(REALS[h.dtype]).recurrence_forward(
         ctypes.byref(_shape(steps, h)),
-        *map(_ptr, (volumes, keep, resets, masses, pointwise, pointwise_bias, taps, biases, h, c)),
+        *map(_ptr, (volumes, keep, resets, masses, gate_inputs, pointwise, pointwise_bias, taps, biases, h, c)),
         *map(_ptr, (saved.read_from, saved.cells, saved.mixed, saved.activations, saved.candidates)),
         *map(_ptr, (saved.written, scratch)),
     )

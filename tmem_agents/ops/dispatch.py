@@ -171,29 +171,34 @@ def memory_step(
     radius: int | None = None,
     padding_mode: str = "border",
     strength: torch.Tensor | None = None,
+    gate_inputs: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One memory step (read, write, update): see :func:`tmem_agents.ops.reference.memory_step`.
 
-    ``strength`` ``(B, N)`` (optional) confines the update to the written cells. On the Triton backend
-    without gradients this is the fused kernel (one launch per step); with gradients it composes the
-    Triton write and read with the PyTorch update.
+    ``strength`` ``(B, N)`` (optional) confines the update to the written cells; ``gate_inputs`` ``(B, 4C)``
+    (optional) adds each env's share of the gates from its write input. On the Triton backend without gradients
+    and without gate inputs this is the fused kernel (one launch per step); otherwise it composes the Triton
+    write and read with the PyTorch update.
     """
     _check_step(h, c, read_locations, values, write_locations, sigma, weights)
     _check_radius(radius)
     if strength is not None and strength.shape != sigma.shape:
         raise ValueError(f"strength must have the shape of sigma {tuple(sigma.shape)}, got {tuple(strength.shape)}")
+    gate_shape = (h.shape[0], 4 * h.shape[1])
+    if gate_inputs is not None and tuple(gate_inputs.shape) != gate_shape:
+        raise ValueError(f"gate_inputs must have shape {gate_shape} (B, 4C), got {tuple(gate_inputs.shape)}")
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     chosen = resolve_backend(backend, h.device)
     if chosen == "torch":
         return reference.memory_step(
-            h, c, read_locations, values, write_locations, sigma, weights, radius, padding_mode, strength
+            h, c, read_locations, values, write_locations, sigma, weights, radius, padding_mode, strength, gate_inputs
         )
     tensors = (h, c, read_locations, values, write_locations, sigma, *weights)
     if strength is not None:
         tensors += (strength,)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+    if gate_inputs is None and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         from tmem_agents.ops import triton_step
 
         return triton_step.memory_step(
@@ -202,7 +207,7 @@ def memory_step(
     grid = tuple(h.shape[2:])
     read = trilinear_read(h, read_locations, padding_mode=padding_mode, backend=chosen)
     volume = splat_write(values, write_locations, sigma, grid=grid, radius=radius, backend=chosen)
-    h_next, c_next = reference.lstm_update(reference.factorized_conv(torch.cat([volume, h], dim=1), weights), c)
+    h_next, c_next = reference.lstm_update(reference.step_gates(volume, h, weights, gate_inputs), c)
     if strength is not None:
         mass = write_mass(strength, write_locations, sigma, grid=grid, radius=radius, backend=chosen)
         h_next, c_next = reference.local_update(h, c, h_next, c_next, mass)

@@ -7,11 +7,12 @@
  *
  *   h, c  *= keep[k]                                        (episode starts)
  *   mixed  = conv_w(conv_h(conv_d(concat(V[k], h))))        (3-tap depthwise convs with biases, zero padded)
- *   gates  = pointwise @ mixed + pointwise_bias             (4C rows: i, f, o, g)
+ *   gates  = pointwise @ mixed + pointwise_bias (+ gate_inputs[k], per env)   (4C rows: i, f, o, g)
  *   c'     = sig(f) c + sig(i) tanh(g);   h' = sig(o) tanh(c')
  *   h, c   = h', c'   or, with masses m[k]:   h + m (h' - h),  c + m (c' - c)
  *
- * Layouts (contiguous): volumes (C, K, NS); h, c (C, NS); keep (K, N); masses (K, NS); pointwise (4C, 2C);
+ * Layouts (contiguous): volumes (C, K, NS); h, c (C, NS); keep (K, N); masses (K, NS); gate_inputs (4C, K, N)
+ * or NULL (each env's share of the gates from its write input, the same for all its cells); pointwise (4C, 2C);
  * taps (3, 2C, 3) and biases (3, 2C) for the axes D, H, W. Saved for the backward: read_from (C, K, NS),
  * mixed (2C, K, NS), cells and candidates (K, C, NS), activations (K, 5C, NS) as sig(i), sig(f), sig(o),
  * tanh(g), tanh(c'). With written (C, K, NS) given, the forward also keeps each step's new h there (the state
@@ -199,9 +200,10 @@ static void depthwise_backward(const Axis axes[3], const real *x, const real *gm
 
 /* scratch: (4C + 8) NS reals */
 void recurrence_forward(const Shape *s, const real *volumes, const real *keep, const uint8_t *resets,
-                        const real *masses, const real *pointwise, const real *pointwise_bias, const real *taps,
-                        const real *biases, real *h, real *c, real *read_from, real *cells, real *mixed,
-                        real *activations, real *candidates, real *written, real *scratch) {
+                        const real *masses, const real *gate_inputs, const real *pointwise,
+                        const real *pointwise_bias, const real *taps, const real *biases, real *h, real *c,
+                        real *read_from, real *cells, real *mixed, real *activations, real *candidates, real *written,
+                        real *scratch) {
     const long K = s->steps, C = s->channels, N = s->envs, S = s->depth * s->height * s->width, NS = N * S;
     real *gates = scratch, *mid_d = scratch + 4 * C * NS, *mid_h = mid_d + NS;
     Axis axes[3];
@@ -218,6 +220,11 @@ void recurrence_forward(const Shape *s, const real *volumes, const real *keep, c
         for (long o = 0; o < 4 * C; o++) {
             real *g = gates + o * NS;
             for (long j = 0; j < NS; j++) g[j] = pointwise_bias[o];
+            if (gate_inputs)
+                for (long n = 0; n < N; n++) {
+                    const real in = gate_inputs[(o * K + k) * N + n];
+                    for (long j = n * S; j < (n + 1) * S; j++) g[j] += in;
+                }
             for (long ch = 0; ch < 2 * C; ch++) {
                 const real p = pointwise[o * 2 * C + ch], *m = mixed + (ch * K + k) * NS;
                 for (long j = 0; j < NS; j++) g[j] += p * m[j];

@@ -4,7 +4,8 @@ Given each step's write share of the gates (computed for all steps at once by :f
 the recurrence is, for steps ``k = 0 .. K-1``::
 
     h, c = keep_k * h, keep_k * c                        # episode starts zero the state
-    a = from_writes_k + P_h @ depthwise_h(h)             # the conv of concat(V, h), split
+    a = from_writes_k + P_h @ depthwise_h(h)             # the conv of concat(V, h), split (with gate inputs,
+                                                         # from_writes_k holds each env's share too)
     c' = sigmoid(f) c + sigmoid(i) tanh(g);  h' = sigmoid(o) tanh(c')
     h, c = h', c'   or, with write masses m_k (the local update),   h, c = h + m_k (h' - h), c + m_k (c' - c)
 
@@ -222,7 +223,9 @@ class _KernelRecurrence(torch.autograd.Function):
     conv over ``concat(V, h)`` of the reference, step by step."""
 
     @staticmethod
-    def forward(ctx, volumes, h, c, keep, masses, after_write, pointwise, pointwise_bias, *depthwise_weights):  # noqa: ANN001
+    def forward(  # noqa: ANN001
+        ctx, volumes, h, c, keep, masses, gate_inputs, after_write, pointwise, pointwise_bias, *depthwise_weights
+    ):
         volumes = volumes.permute(2, 0, 1, 3, 4, 5).contiguous().flatten(2)  # (C, K, B*D*H*W)
         taps, biases = torch.stack(depthwise_weights[0::2]), torch.stack(depthwise_weights[1::2])
         resets = (keep < 1).any(dim=1).to(torch.uint8)
@@ -238,6 +241,7 @@ class _KernelRecurrence(torch.autograd.Function):
             taps,
             biases,
             after_write,
+            None if gate_inputs is None else gate_inputs.permute(2, 0, 1).contiguous(),
         )
         ctx.save_for_backward(volumes, keep, resets, masses, pointwise, taps, biases)
         ctx.kernel_saved = saved
@@ -267,12 +271,16 @@ class _KernelRecurrence(torch.autograd.Function):
             _channel_major(grad_c).view(channels, -1),
         )
         grad_pointwise = grad_gates.view(4 * channels, -1) @ ctx.kernel_saved.mixed.view(2 * channels, -1).t()
+        grad_gate_inputs = None
+        if ctx.needs_input_grad[5]:
+            grad_gate_inputs = grad_gates.view(4 * channels, steps, shape[1], -1).sum(-1).permute(1, 2, 0)
         return (
             grad_volumes.view(channels, steps, *shape[1:]).permute(1, 2, 0, 3, 4, 5),
             dh.view(shape).transpose(0, 1),
             dc.view(shape).transpose(0, 1),
             None,
             grad_masses.view(steps, 1, -1) if ctx.needs_input_grad[4] else None,
+            grad_gate_inputs,
             None,
             grad_pointwise,
             grad_gates.sum(dim=(1, 2)),
@@ -288,13 +296,16 @@ def recurrence(
     weights: ConvWeights,
     masses: torch.Tensor | None = None,
     after_write: bool = False,
+    gate_inputs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``K`` steps of the state recurrence.
 
     volumes ``(K, B, C, D, H, W)``: each step's written volume (:func:`~tmem_agents.ops.reference.splat_write`);
     h, c ``(B, C, D, H, W)``; keep ``(K, B)`` (0 zeroes the state before that step); weights: the factorized
     conv's; masses ``(K, B, 1, D, H, W)`` or ``None``: each step's write mass
-    (:func:`~tmem_agents.ops.reference.write_mass`) for the local update.
+    (:func:`~tmem_agents.ops.reference.write_mass`) for the local update; gate_inputs ``(K, B, 4C)`` or ``None``:
+    each step's share of the gates from its write input, added to every cell's gates
+    (:meth:`~tmem_agents.memory.TensorMemory.gate_inputs`).
     Returns ``(reads (K, B, C, D, H, W), h, c)``: the state each step reads, and the final state. The state read
     is the one before the step (after its reset), or with ``after_write`` the step's new ``h``, after its write.
 
@@ -310,9 +321,13 @@ def recurrence(
     if cpu_kernel.available(h):
         pointwise, bias = weights.pointwise.contiguous(), weights.pointwise_bias.contiguous()
         depthwise_weights = weights.depthwise(slice(None))
-        return _KernelRecurrence.apply(volumes, h, c, keep, masses, after_write, pointwise, bias, *depthwise_weights)
+        return _KernelRecurrence.apply(
+            volumes, h, c, keep, masses, gate_inputs, after_write, pointwise, bias, *depthwise_weights
+        )
     on_writes = dense_operator(weights.depthwise(slice(0, channels)), grid)
     from_writes = write_gates(volumes.flatten(0, 1), weights, on_writes).view(steps, batch, 4 * channels, *grid)
+    if gate_inputs is not None:
+        from_writes = from_writes + gate_inputs.view(steps, batch, 4 * channels, 1, 1, 1)
     state_weights = weights.depthwise(slice(channels, 2 * channels))
     matrix, offset = dense_operator(state_weights, grid) or (None, None)
     pointwise = weights.pointwise[:, channels:].contiguous()

@@ -6,6 +6,7 @@ memory step lives here once:
 * ``splat_write``   Gaussian broadcast write  ``V[:, cell] = sum_n v_n exp(-|pos(cell) - p_n|^2 / (2 s_n^2 + 1e-6))``
 * ``trilinear_read`` trilinear read ``r = grid_sample(h, p, align_corners=True)``
 * ``factorized_conv`` depthwise 3-tap convs along D, H and W, then a 1x1x1 pointwise mix
+* ``step_gates``    the conv of ``concat(V, h)`` plus, optionally, each env's gate inputs from its write input
 * ``lstm_update``   ``c = sig(f) c + sig(i) tanh(g)``, ``h = sig(o) tanh(c)``
 * ``write_mass``    how much of each cell a step's writes reach, ``m = min(1, sum_n a_n exp(...))``
 * ``local_update``  the update confined to the written cells, ``h = h + m (h' - h)``, ``c = c + m (c' - c)``
@@ -230,6 +231,15 @@ def factorized_conv(x: torch.Tensor, weights: ConvWeights) -> torch.Tensor:
     return input_gates(x[:, :channels], weights) + hidden_gates(x[:, channels:], weights)
 
 
+def step_gates(
+    volume: torch.Tensor, h: torch.Tensor, weights: ConvWeights, gate_inputs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A step's gates ``(B, 4C, D, H, W)``: the conv of ``concat(V, h)`` (:func:`factorized_conv`), plus, with
+    ``gate_inputs`` ``(B, 4C)``, each env's share from its write input, the same in every cell."""
+    gates = factorized_conv(torch.cat([volume, h], dim=1), weights)
+    return gates if gate_inputs is None else gates + gate_inputs[..., None, None, None]
+
+
 def lstm_update(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-cell LSTM update from gate volumes ``(B, 4C, ...)`` ordered ``(i, f, o, g)``: returns ``(h, c)``."""
     i, f, o, g = gates.chunk(4, dim=1)
@@ -269,19 +279,20 @@ def memory_step(
     radius: int | None = None,
     padding_mode: str = "border",
     strength: torch.Tensor | None = None,
+    gate_inputs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One memory step: read from ``h``, write, update.
 
     h, c ``(B, C, D, H, W)``; read_locations ``(B, R, 3)``; values ``(B, N, C)``; write_locations ``(B, N, 3)``;
     sigma ``(B, N)``. Returns ``(read (B, R, C), h_next, c_next)``. The read sees the state before this
     step's write, as in the reference implementation. With write ``strength`` ``(B, N)`` the update is
-    local (:func:`local_update`): each cell moves to its LSTM update by the write mass it receives.
+    local (:func:`local_update`): each cell moves to its LSTM update by the write mass it receives. With
+    ``gate_inputs`` ``(B, 4C)`` each env's share of the gates from its write input is added to every cell's gates.
     """
     read = trilinear_read(h, read_locations, padding_mode)
     grid = tuple(h.shape[2:])
     volume = splat_write(values, write_locations, sigma, grid, radius)
-    gates = factorized_conv(torch.cat([volume, h], dim=1), weights)
-    h_next, c_next = lstm_update(gates, c)
+    h_next, c_next = lstm_update(step_gates(volume, h, weights, gate_inputs), c)
     if strength is not None:
         h_next, c_next = local_update(h, c, h_next, c_next, write_mass(strength, write_locations, sigma, grid, radius))
     return read, h_next, c_next
