@@ -276,7 +276,7 @@ class TensorMemory(nn.Module):
     def _steps(self, h, c, read_loc, writes, gate_inputs, chunk_starts):
         """Without gradients (rollouts, deployment) on other devices, or on a CPU without the C kernel: one
         :func:`~tmem_agents.ops.memory_step` per chunk, the fused kernel (one launch per step) on the Triton
-        backend; with ``read_after_write``, a read of the new state after each step."""
+        backend (without ``input_gates``); with ``read_after_write``, a read of the new state after each step."""
         values, write_loc, sigma, strength = writes
         cfg = self.config
         weights = self.update.weights()
