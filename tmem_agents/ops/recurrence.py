@@ -304,8 +304,8 @@ def recurrence(
     h, c ``(B, C, D, H, W)``; keep ``(K, B)`` (0 zeroes the state before that step); weights: the factorized
     conv's; masses ``(K, B, 1, D, H, W)`` or ``None``: each step's write mass
     (:func:`~tmem_agents.ops.reference.write_mass`) for the local update; gate_inputs ``(K, B, 4C)`` or ``None``:
-    each step's share of the gates from its write input, added to every cell's gates
-    (:meth:`~tmem_agents.memory.TensorMemory.gate_inputs`).
+    each step's share of the gates from its write input, added to every cell's gates (the ``input_gates``
+    option of :class:`~tmem_agents.memory.TensorMemory`).
     Returns ``(reads (K, B, C, D, H, W), h, c)``: the state each step reads, and the final state. The state read
     is the one before the step (after its reset), or with ``after_write`` the step's new ``h``, after its write.
 
