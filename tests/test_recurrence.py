@@ -94,7 +94,7 @@ def _with_masses(form, after_write=False):
     return inputs, functools.partial(_plain, after_write), functools.partial(_fast, after_write)
 
 
-def test_recurrence_matches_the_plain_fn_forward_and_backward(depthwise_form, update_form, after_write):
+def test_recurrence_matches_the_plain_loop_forward_and_backward(depthwise_form, update_form, after_write):
     inputs, plain, fast = _with_masses(update_form, after_write)
     for a, b in zip(plain(*inputs), fast(*inputs), strict=True):
         assert torch.allclose(a, b, atol=1e-12)
@@ -110,7 +110,7 @@ def test_recurrence_gradcheck(depthwise_form, update_form, after_write):
     assert torch.autograd.gradcheck(fast, inputs, fast_mode=True)
 
 
-def test_gate_inputs_match_the_plain_fn_forward_and_backward(depthwise_form, update_form):
+def test_gate_inputs_match_the_plain_loop_forward_and_backward(depthwise_form, update_form):
     """Each env's gate inputs added to every cell's gates, in the kernel and the PyTorch form alike, with their
     gradient the gates' summed over the cells."""
     inputs, plain_fn, fast_fn = _with_masses(update_form)
@@ -125,9 +125,7 @@ def test_gate_inputs_match_the_plain_fn_forward_and_backward(depthwise_form, upd
     grads_fast = torch.autograd.grad(fast(*inputs), params, cotangents)
     for a, b in zip(grads_plain, grads_fast, strict=True):
         assert torch.allclose(a, b, atol=1e-10)
-    assert torch.autograd.gradcheck(
-        lambda *a: fast_fn(*a[:-1], gate_inputs=a[-1]), params, fast_mode=True
-    )
+    assert torch.autograd.gradcheck(lambda *a: fast_fn(*a[:-1], gate_inputs=a[-1]), params, fast_mode=True)
 
 
 @pytest.mark.parametrize("local", [False, True])
