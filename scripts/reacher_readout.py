@@ -10,8 +10,10 @@ whether the agent sees where the target is; at the last held step (t = 14) wheth
 steps after it was hidden. A memoryless agent reads about 0 there. With ``--grid`` the readout is of a Tensor
 Memory's grid ``h`` after each step instead (every cell and channel, standardized, ridge 1): whether the memory
 holds the target where the features have lost it; with ``--stem`` of the frames' encoder's output (a pixel task's):
-whether the agent's image encoder sees the target at all; with ``--strength`` a Tensor Memory's mean write strength
-at each held step, in place of a readout: whether it writes harder while the target is shown. The count of features
+whether the agent's image encoder sees the target at all; with ``--writes`` a Tensor Memory's writes at each held
+step, in place of a readout: their mean strength and spread ``sigma`` (whether it writes harder or narrower while
+the target is shown), how far their locations move across episodes and how much of the target a readout finds in
+them (whether where it writes depends on where the target is). The count of features
 that are 0 at every held step of every episode (a ReLU unit that no longer fires) and the share of features beyond
 +-tanh(2) (a saturated ``tanh`` unit) close each run's report, with, for features bounded as a ``tanh``'s, the
 readout of their ``atanh`` (a ``tanh`` head's pre-activations). With ``--acting`` the policy acts
@@ -25,7 +27,7 @@ whitens them), and the fingertip's mean distance from the target at the end clos
     python scripts/reacher_readout.py results/full/pixel_memory/tm_s0 results/full/pixel_memory/lstm_fb3_s0
     python scripts/reacher_readout.py --grid <a tensor_memory run>
     python scripts/reacher_readout.py --stem <pixel memory reacher runs>
-    python scripts/reacher_readout.py --strength <tensor_memory runs>
+    python scripts/reacher_readout.py --writes <tensor_memory runs>
     python scripts/reacher_readout.py --acting --episodes 512 <runs>
 """
 
@@ -53,7 +55,7 @@ from tmem_agents.run_folder import RunFolder
 
 TASKS = ("tmem/MemoryReacherHold-v0", "tmem/PixelMemoryReacher-v0")
 BATCH = 64
-SOURCES = ("features", "grid", "stem", "strength")
+SOURCES = ("features", "grid", "stem", "writes")
 ACTING_MARKS = (4, 14, 20, 30, 45, 59)
 
 
@@ -84,22 +86,26 @@ def memory_grids(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
     return torch.stack([state["h"].flatten(1) for state in step_states(extractor, obs)])
 
 
-def write_strengths(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
-    """The mean strength of the writes a Tensor Memory extractor (with ``local_update``) makes at each step of
-    episodes ``obs`` ``(T, B, ...)`` run from its initial state: ``(T, B, 1)``, each in ``(0, 1)``."""
+def writes(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
+    """The writes a Tensor Memory extractor makes at each step of episodes ``obs`` ``(T, B, ...)`` run from its
+    initial state: ``(T, B, n, 5)`` for its ``n`` writes a step (one per chunk and layer, one per token with
+    ``per_token``), each its strength (NaN without ``local_update``), spread ``sigma`` and location ``(x, y, z)``
+    (grid units, each axis in ``[-1, 1]``)."""
     memory = extractor.memory
-    if memory.strength is None:
-        raise SystemExit("--strength reads the writes' strength; this run's memory has none (local_update=false)")
-    write_inputs, strengths = [], []  # each memory call's write inputs x_w, as its write_proj makes them
+    write_inputs, steps = [], []  # each memory call's write inputs x_w, as its write_proj makes them
     handle = memory.write_proj.register_forward_hook(lambda _m, _i, out: write_inputs.append(out))
     try:
         for _ in step_states(extractor, obs):
-            step = torch.cat([memory.write_terms(x_w)[3].flatten(1) for x_w in write_inputs], dim=1)
-            strengths.append(step.mean(1, keepdim=True))
+            terms = []
+            for x_w in write_inputs:  # (B, K, inputs, d): K chunks of a step, one or chunk_size inputs each
+                _, location, sigma, strength = memory.write_terms(x_w)
+                strength = torch.full_like(sigma, float("nan")) if strength is None else strength
+                terms.append(torch.cat([strength.unsqueeze(-1), sigma.unsqueeze(-1), location], dim=-1).flatten(1, -2))
+            steps.append(torch.cat(terms, dim=1))
             write_inputs.clear()
     finally:
         handle.remove()
-    return torch.stack(strengths)
+    return torch.stack(steps)
 
 
 def _load(run_dir: str, checkpoint: str = "final") -> tuple[RecurrentActorCriticPolicy, VecEnv]:
@@ -156,19 +162,19 @@ def hold_features(
     """What a run's model (``checkpoint``, as :func:`_load` takes it) holds over the held steps
     ``(hold_steps, episodes, F)``: its actor features (before any whitening, which a ridge readout's fit hardly
     depends on and the ``tanh`` head's saturation does), its Tensor Memory's grids (``source="grid"``,
-    :func:`memory_grids`), its image stem's output (``"stem"``, :func:`stem_outputs`) or its writes' strength
-    (``"strength"``, :func:`write_strengths`); and the targets ``(episodes, 2)``."""
+    :func:`memory_grids`), its image stem's output (``"stem"``, :func:`stem_outputs`) or its writes (``"writes"``,
+    :func:`writes`, ``(hold_steps, episodes, n, 5)``); and the targets ``(episodes, 2)``."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     policy, venv = _load(run_dir, checkpoint)
     extractor = policy.pi_features_extractor
-    if source in ("grid", "strength") and not isinstance(extractor, TensorMemoryExtractor):
+    if source in ("grid", "writes") and not isinstance(extractor, TensorMemoryExtractor):
         raise SystemExit(f"--{source} reads a Tensor Memory; this run's extractor is {type(extractor).__name__}")
     read = {
         "features": extractor.episodes,
         "grid": partial(memory_grids, extractor),
         "stem": partial(stem_outputs, extractor),
-        "strength": partial(write_strengths, extractor),
+        "writes": partial(writes, extractor),
     }
     features, targets = [], []
     for first in range(0, episodes, BATCH):
@@ -261,13 +267,28 @@ def unsquashed(features: torch.Tensor) -> torch.Tensor | None:
     return torch.atanh(features.clamp(-1 + 1e-6, 1 - 1e-6))
 
 
+def report_writes(run_dir: str, terms: torch.Tensor, targets: torch.Tensor) -> None:
+    """Print what :func:`writes` ``(T, B, n, 5)`` found over the held steps of one run."""
+    strength, sigma, location = terms[..., 0], terms[..., 1], terms[..., 2:]
+    by_step = strength.mean(dim=(1, 2))
+    line = "none (local_update=false)" if by_step.isnan().all() else " ".join(f"{v:.3f}" for v in by_step)
+    print(f"{run_dir}: mean write strength by held step: {line}")
+    print("  mean write spread (sigma) by held step: " + " ".join(f"{v:.2f}" for v in sigma.mean(dim=(1, 2))))
+    last = len(terms) - 1
+    moved = " ".join(f"t = {t}: {location[t].std(dim=0).mean():.3f}" for t in (4, last))
+    found = " ".join(f"t = {t}: {ridge_r2(location[t].flatten(1), targets):.2f}" for t in (4, last))
+    print(f"  write locations' spread across episodes: {moved}; R^2 of the target from them: {found}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of the two memory reachers")
     parser.add_argument("--episodes", type=int, default=1024, help="episodes (a multiple of 64 is used whole)")
     parser.add_argument("--grid", action="store_true", help="read a Tensor Memory's grid h, not the features")
     parser.add_argument("--stem", action="store_true", help="read the frames' encoder's output, not the features")
-    parser.add_argument("--strength", action="store_true", help="report a Tensor Memory's mean write strength")
+    parser.add_argument(
+        "--writes", action="store_true", help="report a Tensor Memory's writes: strength, spread, place"
+    )
     parser.add_argument(
         "--checkpoint", default="final", help="the model read: final, best, last or a saved model's path"
     )
@@ -277,9 +298,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.episodes < 2 * BATCH:
         parser.error(f"--episodes must be at least {2 * BATCH}, got {args.episodes}")
-    if args.grid + args.stem + args.strength + args.acting > 1:
-        parser.error("--grid, --stem, --strength and --acting read different things; pass one of them")
-    source = "grid" if args.grid else "stem" if args.stem else "strength" if args.strength else "features"
+    if args.grid + args.stem + args.writes + args.acting > 1:
+        parser.error("--grid, --stem, --writes and --acting read different things; pass one of them")
+    source = "grid" if args.grid else "stem" if args.stem else "writes" if args.writes else "features"
     torch.set_num_threads(1)
     for run_dir in args.runs:
         if args.acting:
@@ -294,9 +315,8 @@ def main() -> None:
             print(f"  final distance {distances.mean():.3f} (median {distances.median():.3f})")
             continue
         features, targets = hold_features(run_dir, args.episodes, source, args.checkpoint)
-        if source == "strength":
-            means = features.mean(dim=(1, 2))
-            print(f"{run_dir}: mean write strength by held step: " + " ".join(f"{v:.3f}" for v in means))
+        if source == "writes":
+            report_writes(run_dir, features, targets)
             continue
         r2 = r2_by_step(features, targets, args.grid)
         print(f"{run_dir}: R^2 of the target from its {source} by held step: " + " ".join(f"{v:.2f}" for v in r2))

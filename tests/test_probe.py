@@ -170,20 +170,25 @@ reacher_readout = importlib.util.module_from_spec(_SPEC_READOUT)
 _SPEC_READOUT.loader.exec_module(reacher_readout)
 
 
-def test_write_strengths_are_the_strength_heads_and_need_local_update():
+def test_writes_are_the_write_heads_terms():
     space = gym.spaces.Box(-1.0, 1.0, (12,))
     extractor = TensorMemoryExtractor(space)
-    extractor.restore_initialisation()  # the strength weights are zero: every write at sigmoid(strength_bias_init)
+    extractor.restore_initialisation()  # spread and strength weights zero: every write at their biases' values
     obs = torch.randn(5, 3, 12)
-    strengths = reacher_readout.write_strengths(extractor, obs)
-    assert strengths.shape == (5, 3, 1)
-    torch.testing.assert_close(strengths, torch.full((5, 3, 1), float(torch.sigmoid(torch.tensor(-2.0)))))
+    terms = reacher_readout.writes(extractor, obs)
+    assert terms.shape == (5, 3, 1, 5)
+    torch.testing.assert_close(terms[..., 0], torch.full((5, 3, 1), float(torch.sigmoid(torch.tensor(-2.0)))))
+    torch.testing.assert_close(
+        terms[..., 1], torch.full((5, 3, 1), float(torch.nn.functional.softplus(torch.tensor(1.0)) + 1e-4))
+    )
+    assert terms[..., 2:].abs().max() <= 1 and terms[..., 2:].std() > 0.01  # each write at its own place
     with torch.no_grad():
         extractor.memory.strength.weight.normal_()
-    assert reacher_readout.write_strengths(extractor, obs).std() > 0.01  # now each write has its own strength
-    quiet = TensorMemoryExtractor(space, memory={"local_update": False})
-    with pytest.raises(SystemExit, match=r"this run's memory has none \(local_update=false\)"):
-        reacher_readout.write_strengths(quiet, obs)
+    assert reacher_readout.writes(extractor, obs)[..., 0].std() > 0.01  # now each write has its own strength
+    quiet = TensorMemoryExtractor(space, memory={"local_update": False, "per_token": True})
+    terms = reacher_readout.writes(quiet, obs)
+    assert terms.shape == (5, 3, 3, 5)  # a write per token: 12 dims in tokens of 4
+    assert terms[..., 0].isnan().all() and not terms[..., 1:].isnan().any()  # no strength without local_update
 
 
 def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_path):
