@@ -13,7 +13,8 @@ holds the target where the features have lost it; with ``--stem`` of the frames'
 whether the agent's image encoder sees the target at all; with ``--writes`` a Tensor Memory's writes at each held
 step, in place of a readout: their mean strength and spread ``sigma`` (whether it writes harder or narrower while
 the target is shown), how far their locations move across episodes and how much of the target a readout finds in
-them (whether where it writes depends on where the target is). The count of features
+them (whether where it writes depends on where the target is), and the most of any cell a write reaches and the
+share of the cells it reaches at half that (whether different cells can hold different things). The count of features
 that are 0 at every held step of every episode (a ReLU unit that no longer fires) and the share of features beyond
 +-tanh(2) (a saturated ``tanh`` unit) close each run's report, with, for features bounded as a ``tanh``'s, the
 readout of their ``atanh`` (a ``tanh`` head's pre-activations). With ``--acting`` the policy acts
@@ -47,6 +48,7 @@ from tensordict import TensorDict
 
 from tmem_agents.algos import MemoryPPO
 from tmem_agents.evaluate import eval_env
+from tmem_agents.ops import write_mass
 from tmem_agents.policies import TensorMemoryExtractor
 from tmem_agents.policies.base import Obs, map_obs, obs_batch_size
 from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy
@@ -88,9 +90,11 @@ def memory_grids(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
 
 def writes(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
     """The writes a Tensor Memory extractor makes at each step of episodes ``obs`` ``(T, B, ...)`` run from its
-    initial state: ``(T, B, n, 5)`` for its ``n`` writes a step (one per chunk and layer, one per token with
-    ``per_token``), each its strength (NaN without ``local_update``), spread ``sigma`` and location ``(x, y, z)``
-    (grid units, each axis in ``[-1, 1]``)."""
+    initial state: ``(T, B, n, 7)`` for its ``n`` writes a step (one per chunk and layer, one per token with
+    ``per_token``), each its strength (NaN without ``local_update``), spread ``sigma``, location ``(x, y, z)``
+    (grid units, each axis in ``[-1, 1]``), the most it reaches of any cell (its mass at the nearest cell, the
+    strength times the Gaussian there; without ``local_update`` the Gaussian alone) and the share of the
+    grid's cells it reaches at half that or more (1: a write that lands on every cell alike)."""
     memory = extractor.memory
     write_inputs, steps = [], []  # each memory call's write inputs x_w, as its write_proj makes them
     handle = memory.write_proj.register_forward_hook(lambda _m, _i, out: write_inputs.append(out))
@@ -99,8 +103,18 @@ def writes(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
             terms = []
             for x_w in write_inputs:  # (B, K, inputs, d): K chunks of a step, one or chunk_size inputs each
                 _, location, sigma, strength = memory.write_terms(x_w)
+                mass = write_mass(
+                    torch.ones_like(sigma).view(-1, 1) if strength is None else strength.reshape(-1, 1),
+                    location.reshape(-1, 1, 3),
+                    sigma.reshape(-1, 1),
+                    grid=memory.config.grid,
+                    radius=memory.config.write_radius,
+                ).flatten(1)
+                peak = mass.amax(dim=1)
+                half = ((mass >= peak.unsqueeze(1) / 2) & (mass > 0)).float().mean(dim=1)  # 0: reaches no cell
                 strength = torch.full_like(sigma, float("nan")) if strength is None else strength
-                terms.append(torch.cat([strength.unsqueeze(-1), sigma.unsqueeze(-1), location], dim=-1).flatten(1, -2))
+                scalars = [strength, sigma, *location.unbind(-1), peak.view_as(sigma), half.view_as(sigma)]
+                terms.append(torch.stack(scalars, dim=-1).flatten(1, -2))
             steps.append(torch.cat(terms, dim=1))
             write_inputs.clear()
     finally:
@@ -163,7 +177,7 @@ def hold_features(
     ``(hold_steps, episodes, F)``: its actor features (before any whitening, which a ridge readout's fit hardly
     depends on and the ``tanh`` head's saturation does), its Tensor Memory's grids (``source="grid"``,
     :func:`memory_grids`), its image stem's output (``"stem"``, :func:`stem_outputs`) or its writes (``"writes"``,
-    :func:`writes`, ``(hold_steps, episodes, n, 5)``); and the targets ``(episodes, 2)``."""
+    :func:`writes`, ``(hold_steps, episodes, n, 7)``); and the targets ``(episodes, 2)``."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     policy, venv = _load(run_dir, checkpoint)
@@ -268,8 +282,8 @@ def unsquashed(features: torch.Tensor) -> torch.Tensor | None:
 
 
 def report_writes(run_dir: str, terms: torch.Tensor, targets: torch.Tensor) -> None:
-    """Print what :func:`writes` ``(T, B, n, 5)`` found over the held steps of one run."""
-    strength, sigma, location = terms[..., 0], terms[..., 1], terms[..., 2:]
+    """Print what :func:`writes` ``(T, B, n, 7)`` found over the held steps of one run."""
+    strength, sigma, location, peak, half = terms[..., 0], terms[..., 1], terms[..., 2:5], terms[..., 5], terms[..., 6]
     by_step = strength.mean(dim=(1, 2))
     line = "none (local_update=false)" if by_step.isnan().all() else " ".join(f"{v:.3f}" for v in by_step)
     print(f"{run_dir}: mean write strength by held step: {line}")
@@ -278,6 +292,10 @@ def report_writes(run_dir: str, terms: torch.Tensor, targets: torch.Tensor) -> N
     moved = " ".join(f"t = {t}: {location[t].std(dim=0).mean():.3f}" for t in (4, last))
     found = " ".join(f"t = {t}: {ridge_r2(location[t].flatten(1), targets):.2f}" for t in (4, last))
     print(f"  write locations' spread across episodes: {moved}; R^2 of the target from them: {found}")
+    print(
+        f"  the most of any cell a write reaches: {peak.mean():.3f} (strength x its Gaussian at the nearest cell); "
+        f"cells it reaches at half that or more: {half.mean():.0%}"
+    )
 
 
 def main() -> None:

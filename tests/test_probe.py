@@ -176,18 +176,24 @@ def test_writes_are_the_write_heads_terms():
     extractor.restore_initialisation()  # spread and strength weights zero: every write at their biases' values
     obs = torch.randn(5, 3, 12)
     terms = reacher_readout.writes(extractor, obs)
-    assert terms.shape == (5, 3, 1, 5)
+    assert terms.shape == (5, 3, 1, 7)
     torch.testing.assert_close(terms[..., 0], torch.full((5, 3, 1), float(torch.sigmoid(torch.tensor(-2.0)))))
     torch.testing.assert_close(
         terms[..., 1], torch.full((5, 3, 1), float(torch.nn.functional.softplus(torch.tensor(1.0)) + 1e-4))
     )
-    assert terms[..., 2:].abs().max() <= 1 and terms[..., 2:].std() > 0.01  # each write at its own place
+    assert terms[..., 2:5].abs().max() <= 1 and terms[..., 2:5].std() > 0.01  # each write at its own place
+    assert (terms[..., 5] <= terms[..., 0]).all() and (terms[..., 5] > 0.5 * terms[..., 0]).all()  # sigma 1.3: wide
+    assert (terms[..., 6] > 0.25).all() and (terms[..., 6] <= 1).all()
+    with torch.no_grad():
+        extractor.memory.spread_bias.fill_(-6.0)  # sigma 0.0026: a write reaches its nearest cell alone, if any
+    narrow = reacher_readout.writes(extractor, obs)
+    assert (narrow[..., 6] <= 1 / 64).all() and (narrow[..., 5] < 0.01 * terms[..., 5]).all()
     with torch.no_grad():
         extractor.memory.strength.weight.normal_()
     assert reacher_readout.writes(extractor, obs)[..., 0].std() > 0.01  # now each write has its own strength
     quiet = TensorMemoryExtractor(space, memory={"local_update": False, "per_token": True})
     terms = reacher_readout.writes(quiet, obs)
-    assert terms.shape == (5, 3, 3, 5)  # a write per token: 12 dims in tokens of 4
+    assert terms.shape == (5, 3, 3, 7)  # a write per token: 12 dims in tokens of 4
     assert terms[..., 0].isnan().all() and not terms[..., 1:].isnan().any()  # no strength without local_update
 
 
