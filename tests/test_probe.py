@@ -197,7 +197,7 @@ def test_writes_are_the_write_heads_terms():
     assert terms[..., 0].isnan().all() and not terms[..., 1:].isnan().any()  # no strength without local_update
 
 
-def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_path):
+def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_path, capsys):
     tiny = ["env=memory_reacher_hold", "algo=ppo_mujoco", "algo.n_envs=2", "algo.n_steps=64", "algo.batch_size=64",
             "algo.bptt_len=16", "total_timesteps=128", "progress_bar=false", "log_formats=[csv]",
             "checkpoint_freq=1000000", "eval_freq=0", "final_eval_episodes=0"]  # fmt: skip
@@ -211,12 +211,17 @@ def test_reacher_readout_sees_the_shown_target_and_only_a_memory_keeps_it(tmp_pa
     assert len(grid) == 15 and grid[4] > 0.5  # the memory's grid holds the shown target
     with pytest.raises(SystemExit, match="--grid reads a Tensor Memory; this run's extractor is LSTM"):
         reacher_readout.readout(str(tmp_path / "lstm"), 128, source="grid")
-    strength, _ = reacher_readout.hold_features(str(tmp_path / "tensor_memory"), 128, source="strength")
-    assert strength.shape == (15, 128, 1) and ((strength > 0) & (strength < 1)).all()
+    terms, targets = reacher_readout.hold_features(str(tmp_path / "tensor_memory"), 128, source="writes")
+    strength = terms[..., 0]
+    assert terms.shape == (15, 128, 1, 7) and ((strength > 0) & (strength < 1)).all()
     # two tiny updates leave the writes near the strength they start at, sigmoid(strength_bias_init = -2)
     assert abs(float(strength.mean()) - float(torch.sigmoid(torch.tensor(-2.0)))) < 0.02
-    with pytest.raises(SystemExit, match="--strength reads a Tensor Memory; this run's extractor is LSTM"):
-        reacher_readout.hold_features(str(tmp_path / "lstm"), 128, source="strength")
+    with pytest.raises(SystemExit, match="--writes reads a Tensor Memory; this run's extractor is LSTM"):
+        reacher_readout.hold_features(str(tmp_path / "lstm"), 128, source="writes")
+    capsys.readouterr()  # what training printed
+    reacher_readout.report_writes("run", terms, targets)
+    report = capsys.readouterr().out
+    assert report.startswith("run: mean write strength by held step: 0.1") and "cells it reaches at half" in report
     with pytest.raises(
         SystemExit, match="--stem reads the frames' encoder; this run's LSTMExtractor encodes no frames"
     ):
