@@ -92,7 +92,7 @@ def writes(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
     """The writes a Tensor Memory extractor makes at each step of episodes ``obs`` ``(T, B, ...)`` run from its
     initial state: ``(T, B, n, 7)`` for its ``n`` writes a step (one per chunk and layer, one per token with
     ``per_token``), each its strength (NaN without ``local_update``), spread ``sigma``, location ``(x, y, z)``
-    (grid units, each axis in ``[-1, 1]``), the most it reaches of any cell (its mass at the nearest cell, the
+    (the grid's coordinates, each axis in ``[-1, 1]``), the most it reaches of any cell (its mass at the nearest cell, the
     strength times the Gaussian there; without ``local_update`` the Gaussian alone) and the share of the
     grid's cells it reaches at half that or more (1: a write that lands on every cell alike)."""
     memory = extractor.memory
@@ -292,8 +292,9 @@ def report_writes(run_dir: str, terms: torch.Tensor, targets: torch.Tensor) -> N
     moved = " ".join(f"t = {t}: {location[t].std(dim=0).mean():.3f}" for t in (4, last))
     found = " ".join(f"t = {t}: {ridge_r2(location[t].flatten(1), targets):.2f}" for t in (4, last))
     print(f"  write locations' spread across episodes: {moved}; R^2 of the target from them: {found}")
+    mass = "its Gaussian" if by_step.isnan().all() else "strength x its Gaussian"
     print(
-        f"  the most of any cell a write reaches: {peak.mean():.3f} (strength x its Gaussian at the nearest cell); "
+        f"  the most of any cell a write reaches: {peak.mean():.3f} ({mass} at the nearest cell); "
         f"cells it reaches at half that or more: {half.mean():.0%}"
     )
 
