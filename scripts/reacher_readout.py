@@ -92,9 +92,9 @@ def writes(extractor: TensorMemoryExtractor, obs: Obs) -> torch.Tensor:
     """The writes a Tensor Memory extractor makes at each step of episodes ``obs`` ``(T, B, ...)`` run from its
     initial state: ``(T, B, n, 7)`` for its ``n`` writes a step (one per chunk and layer, one per token with
     ``per_token``), each its strength (NaN without ``local_update``), spread ``sigma``, location ``(x, y, z)``
-    (the grid's coordinates, each axis in ``[-1, 1]``), the most it reaches of any cell (its mass at the nearest cell, the
-    strength times the Gaussian there; without ``local_update`` the Gaussian alone) and the share of the
-    grid's cells it reaches at half that or more (1: a write that lands on every cell alike)."""
+    (the grid's coordinates, each axis in ``[-1, 1]``), the most it reaches of any cell (its mass at the
+    nearest cell, the strength times the Gaussian there; without ``local_update`` the Gaussian alone) and the
+    share of the grid's cells it reaches at half that or more (1: a write that lands on every cell alike)."""
     memory = extractor.memory
     write_inputs, steps = [], []  # each memory call's write inputs x_w, as its write_proj makes them
     handle = memory.write_proj.register_forward_hook(lambda _m, _i, out: write_inputs.append(out))
