@@ -285,14 +285,15 @@ def report_writes(run_dir: str, terms: torch.Tensor, targets: torch.Tensor) -> N
     """Print what :func:`writes` ``(T, B, n, 7)`` found over the held steps of one run."""
     strength, sigma, location, peak, half = terms[..., 0], terms[..., 1], terms[..., 2:5], terms[..., 5], terms[..., 6]
     by_step = strength.mean(dim=(1, 2))
-    line = "none (local_update=false)" if by_step.isnan().all() else " ".join(f"{v:.3f}" for v in by_step)
+    has_strength = not bool(by_step.isnan().all())  # NaN throughout without local_update
+    line = " ".join(f"{v:.3f}" for v in by_step) if has_strength else "none (local_update=false)"
     print(f"{run_dir}: mean write strength by held step: {line}")
     print("  mean write spread (sigma) by held step: " + " ".join(f"{v:.2f}" for v in sigma.mean(dim=(1, 2))))
     last = len(terms) - 1
     moved = " ".join(f"t = {t}: {location[t].std(dim=0).mean():.3f}" for t in (4, last))
     found = " ".join(f"t = {t}: {ridge_r2(location[t].flatten(1), targets):.2f}" for t in (4, last))
     print(f"  write locations' spread across episodes: {moved}; R^2 of the target from them: {found}")
-    mass = "its Gaussian" if by_step.isnan().all() else "strength x its Gaussian"
+    mass = "strength x its Gaussian" if has_strength else "its Gaussian"
     print(
         f"  the most of any cell a write reaches: {peak.mean():.3f} ({mass} at the nearest cell); "
         f"cells it reaches at half that or more: {half.mean():.0%}"
