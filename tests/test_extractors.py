@@ -7,6 +7,7 @@ from gymnasium import spaces
 from stable_baselines3.common.preprocessing import preprocess_obs
 from torch import nn
 
+from tmem_agents.ops import write_mass
 from tmem_agents.policies import EXTRACTORS, TensorMemoryExtractor
 from tmem_agents.policies.base import map_obs
 from tmem_agents.policies.encoders import SpatialSoftmaxCNN
@@ -100,6 +101,28 @@ def test_the_cells_stem_gives_a_token_per_cell_written_at_its_place():
         TensorMemoryExtractor(space, image_stem="cells", memory={"per_token": True, "chunk_size": 1})
     with pytest.raises(ValueError, match="image_stem='cells' needs images of at least 36x36"):
         TensorMemoryExtractor(spaces.Box(0, 255, (3, 24, 24), np.uint8), image_stem="cells")
+
+
+def test_inner_places_put_each_cell_of_the_frame_on_a_cell_of_the_grid():
+    torch.manual_seed(0)
+    space = spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    memory = {"per_token": True, "read_grid": True, "inner_places": True, "grid": (3, 6, 6), "sigma_scale": 0.1}
+    extractor = TensorMemoryExtractor(space, image_stem="cells", memory=memory)
+    extractor.restore_initialisation()
+    inner = torch.tensor([-0.6, -0.2, 0.2, 0.6])  # cells 1-4 of 6 at -1 + 2k/5; the 4x4 map's centres at +-0.25, +-0.75
+    tokens = extractor.tokenizer(map_obs(lambda x: x[0], _obs(space, 1, 2)))
+    _, write_at, sigma, strength = extractor.memory.write_terms(extractor.memory.write_proj(tokens))
+    assert torch.allclose(write_at[0, :, 0], inner.repeat(4), atol=1e-6)
+    assert torch.allclose(write_at[0, :, 1], inner.repeat_interleave(4), atol=1e-6)
+    assert torch.allclose(write_at[..., 2], torch.zeros(2, 16))  # the middle of 3 layers
+    mass = write_mass(strength[:1, :1], write_at[:1, :1], sigma[:1, :1], grid=(3, 6, 6))[0, 0].detach()
+    assert torch.isclose(mass[1, 1, 1], strength[0, 0], rtol=1e-4), "a narrow write fills its own cell"
+    mass[1, 1, 1] = 0
+    assert mass.max() < 0.01 * strength[0, 0], "and reaches each neighbour (0.4 away, sigma 0.13) at under 1%"
+    with pytest.raises(ValueError, match=r"needs >= 3 cells on every axis a place leaves 0.*\['x'\]"):
+        TensorMemoryExtractor(space, image_stem="cells", memory={**memory, "grid": (3, 6, 2)})
+    with pytest.raises(ValueError, match="the tokens have no places"):
+        TensorMemoryExtractor(space, image_stem="nature_cnn", memory={**memory, "per_token": False})
 
 
 def test_auto_image_stem_takes_the_nature_cnn_from_36_pixels():

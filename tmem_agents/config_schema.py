@@ -101,6 +101,7 @@ class MemoryGridConfig:
     read_grid: bool = False
     read_after_write: bool = False
     per_token: bool = False
+    inner_places: bool = False
     write_from: str = "block_input"
     write_grad: bool = True
     backend: str = "auto"

@@ -61,6 +61,12 @@ class TensorMemoryConfig:
             strength); the chunk's writes add up in its one update, and each token receives its own read. A
             step then reads ``chunk_size`` places of the grid and can write each token's content where that
             token points, where the reference passes one read of ``C`` channels to the whole observation.
+        inner_places: with ``places``, lay the places' extent ``[-1, 1]`` over the grid's inner cells, the border
+            cells a margin: a place ``p`` on an axis of ``n`` cells goes to ``p (n - 2) / (n - 1)``. The grid's
+            cells lie at ``-1 + 2 k / (n - 1)``, its border cells at +-1 where ``tanh`` never reaches, so the
+            centres of an ``m``-cell image map (``+-1/m``, ``+-3/m``, ...) fall between its cells; laid over the inner
+            cells, with ``n = m + 2``, each lies on a cell's centre, which a narrow write then fills alone.
+            ``False``: the places as given. Needs ``>= 3`` cells on every axis a place leaves ``0``.
         write_from: what a :class:`~tmem_agents.memory.MemoryBlock` projects the write input from:
             ``"memory_input"`` (reference), the LayerNormed tokens the memory also reads with; or
             ``"block_input"``, the tokens that entered the block, before its attention and that LayerNorm, so a
@@ -93,6 +99,7 @@ class TensorMemoryConfig:
     read_grid: bool = False
     read_after_write: bool = False
     per_token: bool = False
+    inner_places: bool = False
     write_from: str = "memory_input"
     write_grad: bool = True
     padding_mode: str = "border"
@@ -123,6 +130,7 @@ class TensorMemoryConfig:
             "read_grid",
             "read_after_write",
             "per_token",
+            "inner_places",
         )
         for name in (*flags, "write_grad"):
             if not isinstance(getattr(self, name), bool):

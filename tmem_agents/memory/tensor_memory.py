@@ -37,7 +37,8 @@ class TensorMemory(nn.Module):
     ``places`` ``(chunk_size, 3)`` (with ``per_token``) ties the tokens to places in the grid: token ``n`` reads
     and writes at ``p = tanh(W_coord x + atanh(place_n))``, so it starts at its place (an image cell's centre,
     :func:`~tmem_agents.policies.tokenizers.token_places`) and the coordinate head learns offsets from there; a
-    NaN place leaves that token's coordinates to the head alone.
+    NaN place leaves that token's coordinates to the head alone. With ``inner_places`` the places are first laid
+    over the grid's inner cells (:class:`TensorMemoryConfig`).
     """
 
     def __init__(self, config: TensorMemoryConfig, token_dim: int, places: torch.Tensor | None = None) -> None:
@@ -80,6 +81,11 @@ class TensorMemory(nn.Module):
     def _place_logits(self, places: torch.Tensor | None) -> torch.Tensor | None:
         """``atanh`` of the tokens' places ``(chunk_size, 3)``, 0 where a token has none; ``None`` without places."""
         if places is None:
+            if self.config.inner_places:
+                raise ValueError(
+                    "inner_places lays the tokens' places over the grid's inner cells, but the tokens have no places: "
+                    "give places (the extractor's image_stem='cells' with per_token=True) or set inner_places=False"
+                )
             return None
         expected = (self.config.chunk_size, 3)
         if not self.config.per_token:
@@ -92,7 +98,18 @@ class TensorMemory(nn.Module):
         placed = places[~places.isnan()]
         if placed.numel() and placed.abs().max() >= 1:
             raise ValueError("places must lie strictly inside (-1, 1), where tanh reaches; NaN for no place")
-        return torch.atanh(places.float()).nan_to_num(nan=0.0)
+        places = places.float()
+        if self.config.inner_places:
+            sizes = torch.tensor(self.config.grid[::-1], dtype=torch.float32)  # (x, y, z) index (W, H, D)
+            flat = ((places != 0) & ~places.isnan()).any(dim=0) & (sizes < 3)
+            if flat.any():
+                raise ValueError(
+                    f"inner_places lays the places over the grid's inner cells, which needs >= 3 cells on every "
+                    f"axis a place leaves 0; the grid {self.config.grid} (D, H, W) has fewer on "
+                    f"{[axis for axis, f in zip('xyz', flat.tolist(), strict=True) if f]}"
+                )
+            places = places * (sizes - 2) / (sizes - 1)
+        return torch.atanh(places).nan_to_num(nan=0.0)
 
     def _zero_write_heads(self) -> None:
         nn.init.zeros_(self.write_proj.bias)
