@@ -100,7 +100,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     The block's tokens then serve only the memory's write and read location (its MLP and final LayerNorm go
     unused). On the pixel memory reacher (three seeds) it scored behind one head with the reference's update of
     every cell, and with ``memory.input_gates``, the local update and writes starting at half strength came
-    nearest the LSTM of any Tensor Memory run there, still behind it on average (``docs/results.md``).
+    nearest the LSTM on 500 episodes of any Tensor Memory run there, still behind it on average
+    (``docs/results.md``).
 
     Args:
         memory: a dict of :class:`TensorMemoryConfig` fields, applied over :data:`EXTRACTOR_MEMORY_DEFAULTS` and

@@ -119,7 +119,7 @@ def test_inner_places_put_each_cell_of_the_frame_on_a_cell_of_the_grid():
     assert torch.isclose(mass[1, 1, 1], strength[0, 0], rtol=1e-4), "a narrow write fills its own cell"
     mass[1, 1, 1] = 0
     assert mass.max() < 0.01 * strength[0, 0], "and reaches each neighbour (0.4 away, sigma 0.13) at under 1%"
-    with pytest.raises(ValueError, match=r"needs >= 3 cells on every axis a place leaves 0.*\['x'\]"):
+    with pytest.raises(ValueError, match=r"needs >= 3 cells on every axis on which a place is not 0.*\['x'\]"):
         TensorMemoryExtractor(space, image_stem="cells", memory={**memory, "grid": (3, 6, 2)})
     with pytest.raises(ValueError, match="the tokens have no places"):
         TensorMemoryExtractor(space, image_stem="nature_cnn", memory={**memory, "per_token": False})

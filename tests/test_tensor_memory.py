@@ -240,6 +240,17 @@ def test_placed_tokens_start_reading_and_writing_at_their_places():
     assert torch.allclose(torch.atanh(moved[:, 0]), memory.coord(tokens[:, 0]) + torch.atanh(places[0]), atol=1e-5)
 
 
+def test_inner_places_scale_each_axis_by_its_own_cells():
+    places = torch.tensor([[0.5, 0.5, 0.5], [float("nan")] * 3])
+    config = TensorMemoryConfig(grid=(3, 4, 6), channels=4, chunk_size=2, per_token=True, inner_places=True)
+    memory = TensorMemory(config, 8, places)
+    memory.reset_write_heads()
+    at = memory.coordinates(torch.randn(1, 2, 8))[0]
+    # (x, y, z) index (W, H, D) = (6, 4, 3) cells: q (n - 2) / (n - 1)
+    assert torch.allclose(at[0], torch.tensor([0.5 * 4 / 5, 0.5 * 2 / 3, 0.5 * 1 / 2]), atol=1e-6)
+    assert torch.allclose(at[1], torch.zeros(3)), "a token without a place stays at the centre"
+
+
 def test_places_are_refused_without_per_token_or_with_bad_values():
     config = TensorMemoryConfig(grid=(4, 4, 4), channels=4, chunk_size=2, per_token=True)
     with pytest.raises(ValueError, match="set per_token=True"):

@@ -66,7 +66,7 @@ class TensorMemoryConfig:
             cells lie at ``-1 + 2 k / (n - 1)``, its border cells at +-1 where ``tanh`` never reaches, so the
             centres of an ``m``-cell image map (``+-1/m``, ``+-3/m``, ...) fall between its cells; laid over the inner
             cells, with ``n = m + 2``, each lies on a cell's centre, which a narrow write then fills alone.
-            ``False``: the places as given. Needs ``>= 3`` cells on every axis a place leaves ``0``.
+            ``False``: the places as given. Needs ``>= 3`` cells on every axis on which a place is not ``0``.
         write_from: what a :class:`~tmem_agents.memory.MemoryBlock` projects the write input from:
             ``"memory_input"`` (reference), the LayerNormed tokens the memory also reads with; or
             ``"block_input"``, the tokens that entered the block, before its attention and that LayerNorm, so a

@@ -105,7 +105,7 @@ class TensorMemory(nn.Module):
             if flat.any():
                 raise ValueError(
                     f"inner_places lays the places over the grid's inner cells, which needs >= 3 cells on every "
-                    f"axis a place leaves 0; the grid {self.config.grid} (D, H, W) has fewer on "
+                    f"axis on which a place is not 0; the grid {self.config.grid} (D, H, W) has fewer on "
                     f"{[axis for axis, f in zip('xyz', flat.tolist(), strict=True) if f]}"
                 )
             places = places * (sizes - 2) / (sizes - 1)
