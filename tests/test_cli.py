@@ -284,11 +284,23 @@ def test_console_scripts_exit_non_zero(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("group", ["env", "algo", "model"])
+@pytest.mark.parametrize("group", ["env", "algo", "model", "experiment"])
 def test_every_shipped_config_composes_and_every_task_builds(group: str) -> None:
     names = sorted(path.stem for path in (Path(configs.__file__).parent / group).glob("*.yaml"))
     assert names
     for name in names:
-        cfg = compose("train", [f"{group}={name}"])
+        cfg = compose("train", [f"{'+' if group == 'experiment' else ''}{group}={name}"])
         if group == "env" and name != "gym":
             make_envs(cfg.env, 1, seed=0).close()
+
+
+@pytest.mark.parametrize(
+    ("experiment", "record"),
+    [("pixel_memory_reacher_lstm", "lstm500lin_s1"), ("pixel_memory_reacher_tensor_memory", "tmigw64_500lin_s0")],
+)
+def test_experiments_train_as_the_runs_in_the_results(experiment: str, record: str) -> None:
+    recorded = OmegaConf.load(Path(__file__).parents[1] / "results/full/pixel_memory" / record / "config.yaml")
+    cfg = compose("train", [f"+experiment={experiment}"])
+    assert cfg.total_timesteps == recorded.total_timesteps
+    for key in ("env", "algo", "model"):  # options added since the run keep the defaults it ran with
+        assert OmegaConf.merge(cfg[key], recorded[key]) == cfg[key], f"{key} differs from the recorded {record}"
