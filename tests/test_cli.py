@@ -301,6 +301,7 @@ def test_every_shipped_config_composes_and_every_task_builds(group: str) -> None
 def test_experiments_train_as_the_runs_in_the_results(experiment: str, record: str) -> None:
     recorded = OmegaConf.load(Path(__file__).parents[1] / "results/full/pixel_memory" / record / "config.yaml")
     cfg = compose("train", [f"+experiment={experiment}"])
-    assert cfg.total_timesteps == recorded.total_timesteps
+    for key in ("total_timesteps", "eval_freq", "final_eval_episodes"):
+        assert cfg[key] == recorded[key], f"{key} differs from the recorded {record}"
     for key in ("env", "algo", "model"):  # options added since the run keep the defaults it ran with
         assert OmegaConf.merge(cfg[key], recorded[key]) == cfg[key], f"{key} differs from the recorded {record}"
