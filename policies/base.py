@@ -21,6 +21,7 @@ import torch
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from tensordict import TensorDict
+from torch import nn
 
 from tmem_agents.state import reset_state
 
@@ -65,6 +66,11 @@ class RecurrentFeaturesExtractor(BaseFeaturesExtractor):
         self.apply(functools.partial(BasePolicy.init_weights, gain=math.sqrt(2)))
         if restore:
             self.restore_initialisation()
+
+    def image_encoders(self) -> dict[str | None, nn.Module]:
+        """The modules that encode each image of the observation into a vector ``(B, C, H, W)`` -> ``(B, E)`` (with
+        ``features_dim`` E), by observation key (``None`` for an image observation). Default: none."""
+        return {}
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
         """One step from a state already reset where episodes start: obs ``(B, ...)`` -> features ``(B, F)``."""

@@ -96,6 +96,14 @@ def base_encoder(
     return FlattenExtractor(observation_space)
 
 
+def image_encoders(encoder: nn.Module) -> dict[str | None, BaseFeaturesExtractor]:
+    """The image encoders inside an encoder from :func:`base_encoder`, by observation key (``None`` for an image
+    observation); each maps ``(B, C, H, W)`` to ``(B, features_dim)``. Empty where no image is encoded."""
+    if isinstance(encoder, CombinedExtractor):
+        return {key: sub for key, sub in encoder.extractors.items() if isinstance(sub, (NatureCNN, SpatialSoftmaxCNN))}
+    return {None: encoder} if isinstance(encoder, (NatureCNN, SpatialSoftmaxCNN)) else {}
+
+
 def mlp(in_dim: int, hidden: tuple[int, ...], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """``Linear -> activation`` layers through ``hidden``."""
     layers: list[nn.Module] = []

@@ -34,6 +34,7 @@ class SequenceEvaluation(NamedTuple):
     log_prob: torch.Tensor
     entropy: torch.Tensor | None
     features: torch.Tensor  # the actor's features (T, B, F)
+    encoded_images: dict[str | None, torch.Tensor]  # with image_reconstruction, each image encoder's output (T, B, E)
 
 
 RECONSTRUCTED_IMAGE_SIDE = 16  # images are decoded average-pooled to at most 16 x 16 pixels per channel
@@ -51,6 +52,27 @@ def _subspaces(space: gym.Space) -> dict[str | None, gym.Space]:
     if isinstance(space, spaces.Dict):
         return {key: space.spaces[key] for key in sorted(space.spaces)}
     return {None: space}
+
+
+def _pooled_image(x: torch.Tensor, space: spaces.Box) -> torch.Tensor:
+    """Preprocessed images ``(N, C, H, W)`` or ``(N, H, W, C)`` average-pooled as the reconstruction losses decode
+    them -> ``(N, C * h * w)``."""
+    if not is_image_space_channels_first(space):
+        x = x.movedim(-1, -3)
+    return F.adaptive_avg_pool2d(x.float(), _pooled_shape(space)[1:]).flatten(1)
+
+
+def _standardized(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``target`` ``(T, B, D)`` standardized per dimension over the steps where ``mask`` ``(T, B)`` is 1 and clipped to
+    ``[-10, 10]``, as VecNormalize treats observations."""
+    rows = target[mask > 0]
+    scale = rows.var(0, unbiased=False).add(STANDARDIZE_EPS).sqrt()
+    return ((target - rows.mean(0)) / scale).clamp(-STANDARDIZE_CLIP, STANDARDIZE_CLIP)
+
+
+def _head_name(key: str | None) -> str:
+    """The ``image_reconstruction_head`` entry of an observation key (``None``: an image observation)."""
+    return "image" if key is None else key
 
 
 def _observation_dim(space: gym.Space) -> int:
@@ -72,11 +94,7 @@ def reconstruction_target(space: gym.Space, obs: Obs) -> torch.Tensor:
     parts = []
     for key, sub in _subspaces(space).items():
         x = (obs if key is None else obs[key]).float()
-        if is_image_space(sub, check_channels=False):
-            if not is_image_space_channels_first(sub):
-                x = x.movedim(-1, -3)
-            x = F.adaptive_avg_pool2d(x, _pooled_shape(sub)[1:])
-        parts.append(x.flatten(1))
+        parts.append(_pooled_image(x, sub) if is_image_space(sub, check_channels=False) else x.flatten(1))
     return torch.cat(parts, dim=-1)
 
 
@@ -104,6 +122,11 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
             features at step ``t`` the observations of steps ``t - l_1, ...`` of the same episode and stored
             sequence (:meth:`reconstruction_loss`, an auxiliary loss that asks the memory to keep what it saw);
             images are decoded average-pooled (:func:`reconstruction_target`).
+        image_reconstruction: a linear ``image_reconstruction_head`` decodes each frame, average-pooled as above,
+            from its image encoder's output (the actor's extractor's
+            :meth:`~tmem_agents.policies.base.RecurrentFeaturesExtractor.image_encoders`)
+            (:meth:`image_reconstruction_loss`, an auxiliary loss that teaches the encoder to see what a frame
+            shows, before and whatever the memory keeps of it).
         whiten_features: pass each extractor's features through a
             :class:`~tmem_agents.running_standardize.RunningWhiten` before the heads (and the reconstruction
             head), so that every direction of the features, the memory's included, reaches them at unit scale.
@@ -116,10 +139,12 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         lr_schedule: Any,
         features_extractor_class: type[RecurrentFeaturesExtractor] = TensorMemoryExtractor,
         reconstruction_lags: Sequence[int] = (),
+        image_reconstruction: bool = False,
         whiten_features: bool = False,
         **kwargs: Any,
     ) -> None:
         self.reconstruction_lags = check_lags(reconstruction_lags)
+        self.image_reconstruction = bool(image_reconstruction)
         self.whiten_features = bool(whiten_features)
         if not (
             isinstance(features_extractor_class, type)
@@ -143,6 +168,24 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         if self.reconstruction_lags:
             size = len(self.reconstruction_lags) * _observation_dim(self.observation_space)
             self.reconstruction_head = nn.Linear(self.features_dim, size)
+        self.image_reconstruction_head = None
+        if self.image_reconstruction:
+            encoders = self._extractors()["pi"].image_encoders()
+            if not encoders:
+                raise ValueError(
+                    f"image_reconstruction decodes frames from their image encoder's output, but this policy's "
+                    f"{type(self._extractors()['pi']).__name__} on {self.observation_space} has no image encoder "
+                    "giving a vector per frame: it needs an image observation (or a dict with one) and, for the "
+                    "Tensor Memory, image_stem 'nature_cnn' or 'spatial_softmax' (or 'auto' on frames of 36x36 "
+                    "pixels or more); or turn image_reconstruction off"
+                )
+            subspaces = _subspaces(self.observation_space)
+            self.image_reconstruction_head = nn.ModuleDict(
+                {
+                    _head_name(key): nn.Linear(int(encoder.features_dim), int(np.prod(_pooled_shape(subspaces[key]))))
+                    for key, encoder in encoders.items()
+                }
+            )
         self.features_whitening = None
         if self.whiten_features:
             self.features_whitening = nn.ModuleDict(
@@ -157,6 +200,7 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         return {
             **super()._get_constructor_parameters(),
             "reconstruction_lags": self.reconstruction_lags,
+            "image_reconstruction": self.image_reconstruction,
             "whiten_features": self.whiten_features,
         }
 
@@ -217,10 +261,22 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
     def evaluate_sequences(
         self, obs: Obs, actions: torch.Tensor, state: TensorDict, episode_starts: torch.Tensor
     ) -> SequenceEvaluation:
-        """Replay ``T`` steps of ``B`` sequences from ``state`` -> values, log-probs, entropy ``(T, B)`` and the
-        actor's features ``(T, B, F)``."""
+        """Replay ``T`` steps of ``B`` sequences from ``state`` -> values, log-probs, entropy ``(T, B)``, the
+        actor's features ``(T, B, F)`` and, with ``image_reconstruction``, its image encoders' outputs
+        ``(T, B, E)``."""
         steps, batch = episode_starts.shape
-        pi_features, vf_features, _ = self._features(obs, state, episode_starts)
+        outputs: dict[str | None, list[torch.Tensor]] = {}
+        hooks = []
+        if self.image_reconstruction_head is not None:
+            for key, encoder in self._extractors()["pi"].image_encoders().items():
+                outputs[key] = []
+                hooks.append(encoder.register_forward_hook(lambda _m, _i, out, key=key: outputs[key].append(out)))
+        try:
+            pi_features, vf_features, _ = self._features(obs, state, episode_starts)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        encoded = {key: torch.cat(out).view(steps, batch, -1) for key, out in outputs.items()}
         latent_pi = self.mlp_extractor.forward_actor(pi_features.flatten(0, 1))
         latent_vf = self.mlp_extractor.forward_critic(vf_features.flatten(0, 1))
         distribution = self._get_action_dist_from_latent(latent_pi)
@@ -230,7 +286,7 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         log_prob = distribution.log_prob(flat_actions).view(steps, batch)
         entropy = distribution.entropy()
         entropy = None if entropy is None else entropy.view(steps, batch)
-        return SequenceEvaluation(self.value_net(latent_vf).view(steps, batch), log_prob, entropy, pi_features)
+        return SequenceEvaluation(self.value_net(latent_vf).view(steps, batch), log_prob, entropy, pi_features, encoded)
 
     def reconstruction_loss(
         self,
@@ -256,9 +312,7 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         flat = map_obs(lambda x: x.flatten(0, 1), self._preprocess(obs, (steps, batch)))
         target = reconstruction_target(self.observation_space, flat).view(steps, batch, -1)
         if standardize:
-            rows = target[mask > 0]
-            scale = rows.var(0, unbiased=False).add(STANDARDIZE_EPS).sqrt()
-            target = ((target - rows.mean(0)) / scale).clamp(-STANDARDIZE_CLIP, STANDARDIZE_CLIP)
+            target = _standardized(target, mask)
         decoded = self.reconstruction_head(features).view(steps, batch, len(self.reconstruction_lags), -1)
         episode = episode_starts.cumsum(0)
         sums, counts = [], []
@@ -271,6 +325,35 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         scored = counts > 0
         per_lag = torch.stack(sums) / counts.clamp_min(1)
         return torch.where(scored, per_lag, 0.0).sum() / scored.sum().clamp_min(1)
+
+    def image_reconstruction_loss(
+        self,
+        obs: Obs,
+        encoded_images: dict[str | None, torch.Tensor],
+        mask: torch.Tensor,
+        standardize: bool = False,
+    ) -> torch.Tensor:
+        """Mean squared error of each frame, average-pooled, decoded from its image encoder's output.
+
+        ``obs`` ``(T, B, ...)`` as stored, ``encoded_images`` the encoders' outputs ``(T, B, E)`` by observation key
+        (:attr:`SequenceEvaluation.encoded_images`), ``mask`` ``(T, B)``. Each image's error is averaged over the
+        valid steps, then over the images; ``standardize`` as in :meth:`reconstruction_loss`.
+        """
+        if self.image_reconstruction_head is None:
+            raise RuntimeError(
+                "this policy was built without image_reconstruction: it has no image reconstruction head"
+            )
+        steps, batch = mask.shape
+        flat = map_obs(lambda x: x.flatten(0, 1), self._preprocess(obs, (steps, batch)))
+        subspaces = _subspaces(self.observation_space)
+        losses = []
+        for key, encoded in encoded_images.items():
+            target = _pooled_image(flat if key is None else flat[key], subspaces[key]).view(steps, batch, -1)
+            if standardize:
+                target = _standardized(target, mask)
+            error = (self.image_reconstruction_head[_head_name(key)](encoded) - target).pow(2).mean(-1)
+            losses.append(torch.where(mask > 0, error, 0.0).sum() / mask.sum().clamp_min(1))
+        return torch.stack(losses).mean()
 
     def predict_values(  # type: ignore[override]
         self, obs: Obs, state: TensorDict, episode_starts: torch.Tensor

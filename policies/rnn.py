@@ -8,7 +8,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
-from tmem_agents.policies.encoders import base_encoder
+from tmem_agents.policies.encoders import base_encoder, image_encoders
 from tmem_agents.state import reset_state
 
 
@@ -43,6 +43,9 @@ class RNNExtractor(RecurrentFeaturesExtractor):
             {key: h.squeeze(0) for key, h in zip(self.keys, hidden, strict=True)}, batch_size=state.batch_size
         )
         return out, new
+
+    def image_encoders(self) -> dict[str | None, nn.Module]:
+        return image_encoders(self.encoder)
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
         out, state = self._run(self.encoder(obs).unsqueeze(0), state)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import gymnasium as gym
 import torch
 from tensordict import TensorDict
+from torch import nn
 
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
-from tmem_agents.policies.encoders import base_encoder, mlp
+from tmem_agents.policies.encoders import base_encoder, image_encoders, mlp
 
 
 class StatelessExtractor(RecurrentFeaturesExtractor):
@@ -20,6 +21,9 @@ class StatelessExtractor(RecurrentFeaturesExtractor):
         super().__init__(observation_space, features_dim)
         self.encoder = base_encoder(observation_space, image_kind=image_encoder)
         self.head = mlp(self.encoder.features_dim, (features_dim,))
+
+    def image_encoders(self) -> dict[str | None, nn.Module]:
+        return image_encoders(self.encoder)
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
         return self.head(self.encoder(obs)), state

@@ -12,7 +12,7 @@ from torch import nn
 
 from tmem_agents.memory import MemoryBlock, TensorMemory, TensorMemoryConfig
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
-from tmem_agents.policies.tokenizers import has_image, make_tokenizer, token_places
+from tmem_agents.policies.tokenizers import CNNTokenizer, DictTokenizer, has_image, make_tokenizer, token_places
 from tmem_agents.state import reset_state
 from tmem_agents.transformer import PreNormBlock
 
@@ -252,6 +252,12 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         if self.memory_head is not None:
             features = torch.cat([features, self.memory_head(read)], dim=-1)
         return features.view(steps, batch, -1), state
+
+    def image_encoders(self) -> dict[str | None, nn.Module]:
+        """The image tokenizers' encoders that give a vector per frame (``image_stem`` ``nature_cnn`` or
+        ``spatial_softmax``), before it is cut into tokens."""
+        parts = self.tokenizer.parts if isinstance(self.tokenizer, DictTokenizer) else {None: self.tokenizer}
+        return {key: part.cnn for key, part in parts.items() if isinstance(part, CNNTokenizer)}
 
     def forward_step(self, obs: Obs, state: TensorDict) -> tuple[torch.Tensor, TensorDict]:
         features, state = self._unroll(self.tokenizer(obs).unsqueeze(0), state, None)

@@ -50,7 +50,7 @@ from tmem_agents.algos import MemoryPPO
 from tmem_agents.evaluate import eval_env
 from tmem_agents.ops import write_mass
 from tmem_agents.policies import TensorMemoryExtractor
-from tmem_agents.policies.base import Obs, map_obs, obs_batch_size
+from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs, obs_batch_size
 from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy
 from tmem_agents.readout import ridge_r2, variance_share
 from tmem_agents.run_folder import RunFolder
@@ -141,16 +141,13 @@ def _obs_tensor(policy: RecurrentActorCriticPolicy, observation: np.ndarray | di
     return preprocess_obs(flat, policy.observation_space, normalize_images=policy.normalize_images)
 
 
-def image_stem(extractor: torch.nn.Module) -> torch.nn.Module:
-    """The module that encodes a pixel task's frames (the ``pixels`` key): a Tensor Memory's image tokenizer or a
-    baseline's CNN."""
-    if isinstance(extractor, TensorMemoryExtractor):
-        parts = getattr(extractor.tokenizer, "parts", {})
-    else:
-        parts = getattr(getattr(extractor, "encoder", None), "extractors", {})
-    if "pixels" not in parts:
+def image_stem(extractor: RecurrentFeaturesExtractor) -> torch.nn.Module:
+    """The module that encodes a pixel task's frames (the ``pixels`` key) into a vector: a Tensor Memory's image
+    tokenizer's CNN or a baseline's."""
+    encoders = extractor.image_encoders()
+    if "pixels" not in encoders:
         raise SystemExit(f"--stem reads the frames' encoder; this run's {type(extractor).__name__} encodes no frames")
-    return parts["pixels"]
+    return encoders["pixels"]
 
 
 def stem_outputs(extractor: torch.nn.Module, obs: Obs) -> torch.Tensor:

@@ -241,6 +241,7 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         (["model=tensor_memory", "model.image_tokens=0"], "model.image_tokens=0: must be >= 1"),
         (["model=lstm", "model.image_encoder=vit"], "model.image_encoder='vit': must be one of"),
         (["algo.reconstruction_coef=-1"], "algo.reconstruction_coef=-1.0: must be >= 0"),
+        (["algo.image_reconstruction_coef=-1"], "algo.image_reconstruction_coef=-1.0: must be >= 0"),
         (["algo.log_std_init=nan"], "algo.log_std_init=nan: must be a finite number"),
         (
             ["algo.reconstruction_coef=1", "algo.bptt_len=16", "algo.reconstruction_lags=[1,16]"],

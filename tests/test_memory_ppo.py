@@ -35,7 +35,8 @@ def _model(env, name="tensor_memory", policy_kwargs=None, **kwargs):
         **(policy_kwargs or {}),
     }
     defaults = {"n_steps": 24, "batch_size": 32, "n_epochs": 1, "bptt_len": 8, "seed": 0}
-    return MemoryPPO("MlpPolicy", env, policy_kwargs=policy_kwargs, **{**defaults, **kwargs})
+    policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy"
+    return MemoryPPO(policy, env, policy_kwargs=policy_kwargs, **{**defaults, **kwargs})
 
 
 class ToyEnv(gym.Env):
@@ -425,3 +426,127 @@ def test_reconstruction_off_builds_no_head_and_bad_lags_raise():
         1,
         3,
     )
+
+
+class DotEnv(gym.Env):
+    """Dict observations: black 36x36 RGB frames (channels first) with one white pixel at a random place, and a
+    2-vector."""
+
+    def __init__(self):
+        self.observation_space = spaces.Dict(
+            {"pixels": spaces.Box(0, 255, (3, 36, 36), np.uint8), "proprio": spaces.Box(-1, 1, (2,), np.float32)}
+        )
+        self.action_space = spaces.Discrete(2)
+        self.t = 0
+
+    def _obs(self):
+        frame = np.zeros((3, 36, 36), dtype=np.uint8)
+        frame[:, self.np_random.integers(0, 36), self.np_random.integers(0, 36)] = 255
+        return {"pixels": frame, "proprio": self.np_random.uniform(-1, 1, 2).astype(np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 0.0, self.t >= 6, False, {}
+
+
+IMAGE_SMALL = {**SMALL, "tensor_memory": {**SMALL["tensor_memory"], "image_tokens": 2}}
+
+
+@pytest.mark.parametrize("name", ["tensor_memory", "lstm", "mlp"])
+def test_image_reconstruction_decodes_each_frame_from_its_encoders_output(name):
+    space = DotEnv().observation_space
+    policy = RecurrentActorCriticPolicy(
+        space,
+        spaces.Discrete(2),
+        lambda _: 1e-3,
+        features_extractor_class=EXTRACTORS[name],
+        features_extractor_kwargs=IMAGE_SMALL[name],
+        image_reconstruction=True,
+    )
+    (key, encoder), *others = policy.features_extractor.image_encoders().items()
+    assert key == "pixels" and not others
+    head = policy.image_reconstruction_head["pixels"]
+    assert (head.in_features, head.out_features) == (encoder.features_dim, 3 * 16 * 16)
+    env = DotEnv()
+    steps = [env.reset(seed=0)[0], *(env.step(0)[0] for _ in range(3))]
+    obs = {k: torch.as_tensor(np.stack([o[k] for o in steps]))[:, None] for k in ("pixels", "proprio")}  # (4, 1, ...)
+    starts = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
+    out = policy.evaluate_sequences(obs, torch.zeros(4, 1), policy.initial_state(1), starts)
+    frames = obs["pixels"].flatten(0, 1).float() / 255
+    torch.testing.assert_close(out.encoded_images["pixels"], encoder(frames).view(4, 1, -1))
+    assert not encoder._forward_hooks  # the capture ends with the call
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    mask = torch.tensor([[1.0], [1.0], [1.0], [0.0]])  # the last step is padding: not scored
+    pooled = torch.nn.functional.adaptive_avg_pool2d(frames, (16, 16)).flatten(1)
+    expected = pooled[:3].pow(2).mean()
+    torch.testing.assert_close(policy.image_reconstruction_loss(obs, out.encoded_images, mask), expected)
+    policy.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        head.weight.normal_()
+    policy.image_reconstruction_loss(obs, out.encoded_images, mask, standardize=True).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+
+
+def test_image_reconstruction_trains_the_encoder_and_is_logged_and_saved(tmp_path):
+    env = make_vec_env(DotEnv, n_envs=2, seed=0)
+    model = _model(
+        env,
+        "tensor_memory",
+        policy_kwargs={"features_extractor_kwargs": IMAGE_SMALL["tensor_memory"]},
+        n_steps=16,
+        image_reconstruction_coef=1.0,
+        reconstruction_standardize=True,
+    )
+    encoder = model.policy.features_extractor.image_encoders()["pixels"]
+    before = [p.detach().clone() for p in (*encoder.parameters(), *model.policy.image_reconstruction_head.parameters())]
+    written = []
+
+    class Spy(BaseCallback):
+        def _on_rollout_end(self) -> None:
+            written.append(dict(self.model.logger.name_to_value))
+
+        def _on_step(self) -> bool:
+            return True
+
+    model.learn(64, callback=Spy())
+    after = [*encoder.parameters(), *model.policy.image_reconstruction_head.parameters()]
+    assert all(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
+    assert any("train/image_reconstruction_loss" in values for values in written)
+    assert not any("train/reconstruction_loss" in values for values in written)
+    model.save(tmp_path / "m.zip")
+    loaded = MemoryPPO.load(tmp_path / "m.zip", env=env)
+    assert loaded.image_reconstruction_coef == 1.0 and loaded.policy.image_reconstruction
+    head, saved = loaded.policy.image_reconstruction_head["pixels"], model.policy.image_reconstruction_head["pixels"]
+    torch.testing.assert_close(head.weight, saved.weight)
+
+
+def test_image_reconstruction_off_builds_no_head_and_bad_settings_raise():
+    env = make_vec_env(ToyEnv, n_envs=1)
+    policy = _model(env, "mlp").policy
+    assert policy.image_reconstruction_head is None
+    empty = policy.evaluate_sequences(
+        torch.zeros(2, 1, 3), torch.zeros(2, 1), policy.initial_state(1), torch.ones(2, 1)
+    )
+    assert empty.encoded_images == {}
+    with pytest.raises(RuntimeError, match="without image_reconstruction"):
+        policy.image_reconstruction_loss(torch.zeros(2, 1, 3), {}, torch.ones(2, 1))
+    with pytest.raises(ValueError, match="no image encoder"):
+        _model(env, "mlp", image_reconstruction_coef=1.0)
+    patches = {**IMAGE_SMALL["tensor_memory"], "image_stem": "patches"}
+    with pytest.raises(ValueError, match="image_stem 'nature_cnn'"):
+        _model(
+            make_vec_env(DotEnv, n_envs=1),
+            policy_kwargs={"features_extractor_kwargs": patches},
+            image_reconstruction_coef=1.0,
+        )
+    with pytest.raises(ValueError, match="image_reconstruction_coef must be >= 0"):
+        _model(env, "mlp", image_reconstruction_coef=-1.0)
+    with pytest.raises(ValueError, match="not in policy_kwargs"):
+        _model(env, "mlp", policy_kwargs={"image_reconstruction": True})

@@ -64,6 +64,7 @@ class AlgoConfig:
     reconstruction_coef: float = 0.0
     reconstruction_lags: list[int] = field(default_factory=lambda: [1])
     reconstruction_standardize: bool = False
+    image_reconstruction_coef: float = 0.0
     normalize: bool = False
     norm_obs: bool = True
     norm_reward: bool = True
@@ -307,7 +308,16 @@ def validate_train(cfg: DictConfig) -> None:
     _at_least(
         algo,
         "algo.",
-        ("learning_rate", "clip_range", "ent_coef", "vf_coef", "max_grad_norm", "clip_obs", "reconstruction_coef"),
+        (
+            "learning_rate",
+            "clip_range",
+            "ent_coef",
+            "vf_coef",
+            "max_grad_norm",
+            "clip_obs",
+            "reconstruction_coef",
+            "image_reconstruction_coef",
+        ),
         0,
     )
     _one_of("algo.vec_env", algo.vec_env, VEC_ENVS)

@@ -97,6 +97,7 @@ def build_model(cfg: DictConfig, env: VecEnv) -> MemoryPPO:
         reconstruction_coef=algo.reconstruction_coef,
         reconstruction_lags=tuple(algo.reconstruction_lags),
         reconstruction_standardize=algo.reconstruction_standardize,
+        image_reconstruction_coef=algo.image_reconstruction_coef,
         policy_kwargs=policy_kwargs,
         seed=cfg.seed,
         device=cfg.device,

@@ -82,7 +82,10 @@ class MemoryPPO(OnPolicyAlgorithm):
             features (:meth:`RecurrentActorCriticPolicy.reconstruction_loss`); 0 turns it off.
         reconstruction_lags: how many steps back the decoded observations lie (each ``< bptt_len``).
         reconstruction_standardize: score the decoded observations standardized per dimension over the
-            minibatch, so that large-scale dimensions do not drown the others.
+            minibatch, so that large-scale dimensions do not drown the others (the decoded frames of
+            ``image_reconstruction_coef`` too).
+        image_reconstruction_coef: weight of the auxiliary loss that decodes each frame from its image encoder's
+            output (:meth:`RecurrentActorCriticPolicy.image_reconstruction_loss`); 0 turns it off.
 
     ``batch_size`` counts steps; a minibatch holds ``batch_size // bptt_len`` whole chunks.
     ``initial_ratio_error`` is the largest ``|ratio - 1|`` in the first minibatch of the latest ``train()``
@@ -118,6 +121,7 @@ class MemoryPPO(OnPolicyAlgorithm):
         reconstruction_coef: float = 0.0,
         reconstruction_lags: tuple[int, ...] = (1,),
         reconstruction_standardize: bool = False,
+        image_reconstruction_coef: float = 0.0,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -137,8 +141,13 @@ class MemoryPPO(OnPolicyAlgorithm):
         if batch_size < bptt_len:
             raise ValueError(f"batch_size ({batch_size}) counts steps and must be >= bptt_len ({bptt_len})")
         reconstruction_lags = check_reconstruction(reconstruction_coef, reconstruction_lags, bptt_len)
-        if "reconstruction_lags" in (policy_kwargs or {}):
-            raise ValueError("pass reconstruction_lags to MemoryPPO itself, not in policy_kwargs")
+        for name in ("reconstruction_lags", "image_reconstruction"):
+            if name in (policy_kwargs or {}):
+                raise ValueError(f"pass {name} to MemoryPPO itself (as its coefficient), not in policy_kwargs")
+        if not image_reconstruction_coef >= 0:
+            raise ValueError(
+                f"image_reconstruction_coef must be >= 0 (0 turns the loss off), got {image_reconstruction_coef!r}"
+            )
         if batch_size % bptt_len:
             warnings.warn(
                 f"batch_size {batch_size} is not a multiple of bptt_len {bptt_len}: minibatches hold "
@@ -177,6 +186,7 @@ class MemoryPPO(OnPolicyAlgorithm):
         self.reconstruction_coef = float(reconstruction_coef)
         self.reconstruction_lags = reconstruction_lags
         self.reconstruction_standardize = bool(reconstruction_standardize)
+        self.image_reconstruction_coef = float(image_reconstruction_coef)
         self._last_state: TensorDict | None = None
         self.initial_ratio_error: float | None = None
         if _init_setup_model:
@@ -187,7 +197,12 @@ class MemoryPPO(OnPolicyAlgorithm):
         self.set_random_seed(self.seed)
         lags = self.reconstruction_lags if self.reconstruction_coef > 0 else ()
         self.policy = self.policy_class(
-            self.observation_space, self.action_space, self.lr_schedule, reconstruction_lags=lags, **self.policy_kwargs
+            self.observation_space,
+            self.action_space,
+            self.lr_schedule,
+            reconstruction_lags=lags,
+            image_reconstruction=self.image_reconstruction_coef > 0,
+            **self.policy_kwargs,
         )
         self.policy = self.policy.to(self.device)
         self.rollout_buffer = RecurrentRolloutBuffer(
@@ -283,13 +298,13 @@ class MemoryPPO(OnPolicyAlgorithm):
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
         sequences_per_batch = max(1, self.batch_size // self.bptt_len)
         entropy_losses, pg_losses, value_losses, clip_fractions, approx_kls = [], [], [], [], []
-        reconstruction_losses = []
+        reconstruction_losses, image_reconstruction_losses = [], []
         self.initial_ratio_error = None
         continue_training = True
         loss = torch.zeros(())
         for epoch in range(self.n_epochs):
             for batch in self.rollout_buffer.sequences(sequences_per_batch):
-                values, log_prob, entropy, features = self.policy.evaluate_sequences(
+                values, log_prob, entropy, features, encoded_images = self.policy.evaluate_sequences(
                     batch.observations, batch.actions, batch.state, batch.episode_starts
                 )
                 mask = batch.mask
@@ -316,6 +331,12 @@ class MemoryPPO(OnPolicyAlgorithm):
                     )
                     loss = loss + self.reconstruction_coef * reconstruction_loss
                     reconstruction_losses.append(reconstruction_loss.item())
+                if self.image_reconstruction_coef > 0:
+                    image_loss = self.policy.image_reconstruction_loss(
+                        batch.observations, encoded_images, mask, self.reconstruction_standardize
+                    )
+                    loss = loss + self.image_reconstruction_coef * image_loss
+                    image_reconstruction_losses.append(image_loss.item())
                 with torch.no_grad():
                     approx_kl = masked_mean((ratio - 1) - log_ratio, mask).item()
                 pg_losses.append(policy_loss.item())
@@ -348,6 +369,8 @@ class MemoryPPO(OnPolicyAlgorithm):
         self.logger.record("train/loss", loss.item())
         if reconstruction_losses:
             self.logger.record("train/reconstruction_loss", np.mean(reconstruction_losses))
+        if image_reconstruction_losses:
+            self.logger.record("train/image_reconstruction_loss", np.mean(image_reconstruction_losses))
         self.logger.record("train/explained_variance", explained_var)
         self.logger.record("train/initial_ratio_error", self.initial_ratio_error)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
