@@ -378,10 +378,8 @@ def test_reconstruction_decodes_images_average_pooled():
     torch.testing.assert_close(reconstruction_target(last, scaled.movedim(1, -1)), target.flatten()[None])
 
 
-def test_reconstruction_loss_trains_the_extractor_and_is_logged(tmp_path):
-    env = make_vec_env(ToyEnv, n_envs=2, seed=0)
-    model = _model(env, "tensor_memory", n_steps=16, reconstruction_coef=1.0, reconstruction_lags=(1, 2))
-    head = model.policy.reconstruction_head.weight.detach().clone()
+def _logged_while_learning(model: MemoryPPO, steps: int) -> list[dict]:
+    """``model.learn(steps)``; the logger's values at the end of each rollout."""
     written = []
 
     class Spy(BaseCallback):
@@ -391,7 +389,15 @@ def test_reconstruction_loss_trains_the_extractor_and_is_logged(tmp_path):
         def _on_step(self) -> bool:
             return True
 
-    model.learn(64, callback=Spy())
+    model.learn(steps, callback=Spy())
+    return written
+
+
+def test_reconstruction_loss_trains_the_extractor_and_is_logged(tmp_path):
+    env = make_vec_env(ToyEnv, n_envs=2, seed=0)
+    model = _model(env, "tensor_memory", n_steps=16, reconstruction_coef=1.0, reconstruction_lags=(1, 2))
+    head = model.policy.reconstruction_head.weight.detach().clone()
+    written = _logged_while_learning(model, 64)
     assert not torch.equal(head, model.policy.reconstruction_head.weight)
     assert any("train/reconstruction_loss" in values for values in written)
     model.policy.zero_grad(set_to_none=True)
@@ -506,16 +512,7 @@ def test_image_reconstruction_trains_the_encoder_and_is_logged_and_saved(tmp_pat
     )
     encoder = model.policy.features_extractor.image_encoders()["pixels"]
     before = [p.detach().clone() for p in (*encoder.parameters(), *model.policy.image_reconstruction_head.parameters())]
-    written = []
-
-    class Spy(BaseCallback):
-        def _on_rollout_end(self) -> None:
-            written.append(dict(self.model.logger.name_to_value))
-
-        def _on_step(self) -> bool:
-            return True
-
-    model.learn(64, callback=Spy())
+    written = _logged_while_learning(model, 64)
     after = [*encoder.parameters(), *model.policy.image_reconstruction_head.parameters()]
     assert all(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
     assert any("train/image_reconstruction_loss" in values for values in written)
