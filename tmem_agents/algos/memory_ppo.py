@@ -49,11 +49,16 @@ def check_finite(what: str, value: np.ndarray | dict[str, np.ndarray], timestep:
         )
 
 
+def check_loss_coef(name: str, coef: float) -> None:
+    """``ValueError`` unless an auxiliary loss's weight ``coef`` (the argument ``name``) is ``>= 0``."""
+    if not coef >= 0:
+        raise ValueError(f"{name} must be >= 0 (0 turns the loss off), got {coef!r}")
+
+
 def check_reconstruction(coef: float, lags: Sequence[int], bptt_len: int) -> tuple[int, ...]:
     """The reconstruction loss's lags as a tuple; ``ValueError`` unless ``coef >= 0``, the lags are distinct ints
     >= 1 and, with ``coef > 0``, there is one at least and each is ``< bptt_len``."""
-    if not coef >= 0:
-        raise ValueError(f"reconstruction_coef must be >= 0 (0 turns the loss off), got {coef!r}")
+    check_loss_coef("reconstruction_coef", coef)
     lags = check_lags(lags)
     if coef > 0 and (not lags or max(lags) >= bptt_len):
         raise ValueError(
@@ -141,13 +146,13 @@ class MemoryPPO(OnPolicyAlgorithm):
         if batch_size < bptt_len:
             raise ValueError(f"batch_size ({batch_size}) counts steps and must be >= bptt_len ({bptt_len})")
         reconstruction_lags = check_reconstruction(reconstruction_coef, reconstruction_lags, bptt_len)
-        for name in ("reconstruction_lags", "image_reconstruction"):
+        check_loss_coef("image_reconstruction_coef", image_reconstruction_coef)
+        for name, argument in (
+            ("reconstruction_lags", "reconstruction_lags"),
+            ("image_reconstruction", "image_reconstruction_coef"),
+        ):
             if name in (policy_kwargs or {}):
-                raise ValueError(f"pass {name} to MemoryPPO itself (as its coefficient), not in policy_kwargs")
-        if not image_reconstruction_coef >= 0:
-            raise ValueError(
-                f"image_reconstruction_coef must be >= 0 (0 turns the loss off), got {image_reconstruction_coef!r}"
-            )
+                raise ValueError(f"{name} is set by MemoryPPO's own {argument}, not in policy_kwargs")
         if batch_size % bptt_len:
             warnings.warn(
                 f"batch_size {batch_size} is not a multiple of bptt_len {bptt_len}: minibatches hold "
