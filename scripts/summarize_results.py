@@ -10,13 +10,16 @@ second, state bytes per env and parameters. ``--write docs/results.md`` puts the
 plot for any groups of run folders instead, one line per ``label=glob``; ``--table`` prints, for the same
 groups, their evaluations by ``tmem-eval`` (each folder's ``eval.json``, or the file ``--eval-file`` names): the
 return per seed, its mean and sample standard deviation, Welch's t against the first group, the memory's gain
-and the final distance.
+and the final distance; ``--steps-to=R1,R2,...`` prints, for the same groups, the steps each seed took to first
+reach a training return of each ``R`` (the logged mean over the last episodes), with Welch's t likewise.
 
     python scripts/summarize_results.py --results results --ablation results/ablation.jsonl --write docs/results.md
     python scripts/summarize_results.py --curves docs/results/long.png --title "long cue recall" \
         "Tensor Memory=results/full/write_from/long_tm_s*" "LSTM=results/full/long_recall_ablation/long_lstm_fb3_s*"
     python scripts/summarize_results.py --table "LSTM=results/full/pixel_memory/lstm500lin_s*" \
         "Tensor Memory=results/full/pixel_memory/tmrs500lin_s*"
+    python scripts/summarize_results.py --steps-to=-16,-14 "LSTM=results/full/pixel_memory/lstmir500lin_s*" \
+        "Tensor Memory=results/full/pixel_memory/tmigw64ir500lin_s*"
 """
 
 from __future__ import annotations
@@ -80,10 +83,7 @@ def summarize(results: Path, plots: Path) -> str:
         fig, ax = plt.subplots(figsize=(6, 3.8))
         for model, runs in sorted(models.items()):
             curves = [_curve(Path(r["run_dir"])) for r in runs]
-            reached = []
-            for steps, returns in curves:
-                hit = np.flatnonzero(returns >= threshold) if len(returns) else []
-                reached.append(steps[hit[0]] if len(hit) else math.nan)
+            reached = [_first_step(steps, returns, threshold) for steps, returns in curves]
             _draw(ax, model, curves)
             final = [_float(r["final_return"]) for r in runs]
             ablated = [_float(r["ablation_return"]) for r in runs]
@@ -143,6 +143,15 @@ def plot_groups(groups: list[str], title: str, path: Path) -> None:
     _save(fig, ax, title, path)
 
 
+def _welch_t(values: np.ndarray, reference: np.ndarray) -> str:
+    """Welch's t of the mean of ``values`` against that of ``reference`` (positive: higher); ``-`` where either
+    has fewer than two values or both have no spread."""
+    if len(values) < 2 or len(reference) < 2:
+        return "-"
+    error = math.sqrt(values.var(ddof=1) / len(values) + reference.var(ddof=1) / len(reference))
+    return f"{(values.mean() - reference.mean()) / error:.1f}" if error > 0 else "-"
+
+
 def evaluation_table(groups: list[str], eval_file: str = "eval.json") -> str:
     """One row per label of ``label=glob`` groups of run folders evaluated by ``tmem-eval`` (``eval_file``, its
     ``output``): the return per seed (in the folders' order), mean +- sample standard deviation, Welch's t of the
@@ -153,17 +162,15 @@ def evaluation_table(groups: list[str], eval_file: str = "eval.json") -> str:
         for label, runs in _run_groups(groups, eval_file).items()
     }
     returns_of = {label: np.array([r["mean_return"] for r in rows]) for label, rows in evals.items()}
-    spread_of = {label: r.std(ddof=1) if len(r) > 1 else math.nan for label, r in returns_of.items()}
     first = next(iter(returns_of))
     lines = [
         "| runs | seeds | return per seed | return | Welch's t | memory's gain | final distance |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, rows in evals.items():
-        returns, spread = returns_of[label], spread_of[label]
-        mean = f"{returns.mean():.2f}" + (f" +- {spread:.2f}" if len(returns) > 1 else "")
-        error = math.sqrt(spread**2 / len(returns) + spread_of[first] ** 2 / len(returns_of[first]))
-        t = f"{(returns.mean() - returns_of[first].mean()) / error:.1f}" if label != first and error > 0 else "-"
+        returns = returns_of[label]
+        mean = f"{returns.mean():.2f}" + (f" +- {returns.std(ddof=1):.2f}" if len(returns) > 1 else "")
+        t = _welch_t(returns, returns_of[first]) if label != first else "-"
         distances = [r["mean_final_distance"] for r in rows if "mean_final_distance" in r]
         gains = [r["memory_gain"] for r in rows if "memory_gain" in r]
         lines.append(
@@ -171,6 +178,37 @@ def evaluation_table(groups: list[str], eval_file: str = "eval.json") -> str:
             + (f"{np.mean(gains):.2f} | " if gains else "- | ")
             + (f"{min(distances):.3f}-{max(distances):.3f} |" if distances else "- |")
         )
+    return "\n".join(lines)
+
+
+def _first_step(steps: np.ndarray, returns: np.ndarray, target: float) -> float:
+    """The first of ``steps`` whose return is at least ``target``; NaN where none is."""
+    hit = np.flatnonzero(returns >= target)
+    return float(steps[hit[0]]) if len(hit) else math.nan
+
+
+def steps_to_table(groups: list[str], targets: list[float]) -> str:
+    """One row per target training return and label of ``label=glob`` groups of run folders: the steps each seed
+    took to first log a mean training return of at least the target (in the folders' order, in thousands; ``-``
+    where it never did), their mean over the seeds that reached it, and Welch's t of that mean against the first
+    label's (negative: sooner)."""
+    curves = {label: [_curve(run) for run in runs] for label, runs in _run_groups(groups, "logs").items()}
+    first = next(iter(curves))
+    lines = [
+        "| training return | runs | seeds reaching it | steps per seed (k) | mean steps (k) | Welch's t |",
+        "|---|---|---|---|---|---|",
+    ]
+    for target in targets:
+        reached_of = {
+            label: [_first_step(steps, returns, target) for steps, returns in runs] for label, runs in curves.items()
+        }
+        done_of = {label: np.array([s for s in reached if not math.isnan(s)]) for label, reached in reached_of.items()}
+        for label, reached in reached_of.items():
+            done = done_of[label]
+            per_seed = ", ".join("-" if math.isnan(s) else f"{s / 1000:.0f}" for s in reached)
+            mean = f"{done.mean() / 1000:.0f}" if len(done) else "-"
+            t = _welch_t(done, done_of[first]) if label != first else "-"
+            lines.append(f"| {target:g} | {label} | {len(done)}/{len(reached)} | {per_seed} | {mean} | {t} |")
     return "\n".join(lines)
 
 
@@ -199,6 +237,14 @@ def _replace(text: str, markers: tuple[str, str], table: str) -> str:
     return pattern.sub(lambda _: f"{markers[0]}\n{table}\n{markers[1]}", text)
 
 
+def _returns(text: str) -> list[float]:
+    """``--steps-to``'s comma-separated training returns."""
+    try:
+        return [float(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected returns separated by commas (-16,-14), got {text!r}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("results"))
@@ -209,10 +255,21 @@ def main() -> None:
     parser.add_argument("--title", default="", help="title of the --curves plot")
     parser.add_argument("--table", action="store_true", help="print the groups' evaluations instead")
     parser.add_argument("--eval-file", default="eval.json", help="with --table: the evaluation file of each run")
-    parser.add_argument("groups", nargs="*", help="with --curves or --table: label=glob of run folders")
+    parser.add_argument(
+        "--steps-to",
+        type=_returns,
+        metavar="R1,R2,...",
+        help="print the steps the groups' seeds took to first reach each training return instead (--steps-to=-16,-14)",
+    )
+    parser.add_argument("groups", nargs="*", help="with --curves, --table or --steps-to: label=glob of run folders")
     args = parser.parse_args()
+    if (args.table or args.steps_to or args.curves) and not args.groups:
+        parser.error("--curves, --table and --steps-to need label=glob groups of run folders")
     if args.table:
         print(evaluation_table(args.groups, args.eval_file))
+        return
+    if args.steps_to:
+        print(steps_to_table(args.groups, args.steps_to))
         return
     if args.curves:
         plot_groups(args.groups, args.title, args.curves)

@@ -60,3 +60,36 @@ def test_evaluation_table_of_run_groups(tmp_path: Path, monkeypatch: pytest.Monk
     assert _script().evaluation_table(["TM=tm_s*"], "eval500.json").splitlines()[2] == (
         "| TM | 1 | -12.50 | -12.50 | - | - | 0.200-0.200 |"
     )
+
+
+def test_steps_to_table_of_run_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    curves = {
+        "lstm_s0": (-20, -16, -14),
+        "lstm_s1": (-20, -18, -16),
+        "tm_s0": (-16, -14, -12),
+        "tm_s1": (-18, -15, -13),
+    }
+    for run, returns in curves.items():
+        (tmp_path / run / "logs").mkdir(parents=True)
+        rows = "".join(f"{1000 * (i + 1)},{r}\n" for i, r in enumerate(returns))
+        (tmp_path / run / "logs" / "progress.csv").write_text("time/total_timesteps,rollout/ep_rew_mean\n" + rows)
+    monkeypatch.chdir(tmp_path)
+    lines = _script().steps_to_table(["LSTM=lstm_s*", "TM=tm_s*"], [-16, -14]).splitlines()
+    assert lines[2:] == [
+        "| -16 | LSTM | 2/2 | 2, 3 | 2 | - |",
+        "| -16 | TM | 2/2 | 1, 2 | 2 | -1.4 |",
+        "| -14 | LSTM | 1/2 | 3, - | 3 | - |",
+        "| -14 | TM | 2/2 | 2, 3 | 2 | - |",
+    ]
+
+
+def test_steps_to_needs_returns_and_groups(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    script = _script()
+    for argv, message in (
+        (["--steps-to=-16,x", "TM=tm_s*"], "expected returns separated by commas"),
+        (["--steps-to=-16"], "need label=glob groups"),
+    ):
+        monkeypatch.setattr("sys.argv", ["summarize_results.py", *argv])
+        with pytest.raises(SystemExit):
+            script.main()
+        assert message in capsys.readouterr().err
