@@ -7,6 +7,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from tmem_agents.gate_init import chrono_biases
 from tmem_agents.policies.base import Obs, RecurrentFeaturesExtractor, map_obs
 from tmem_agents.policies.encoders import base_encoder, image_encoders
 from tmem_agents.state import reset_state
@@ -69,6 +70,9 @@ class LSTMExtractor(RNNExtractor):
     Args:
         forget_bias: initial bias of the forget gate (the sum of the cell's two biases), e.g. 1 to 3 for
             long delays; ``None`` keeps PyTorch's initialisation.
+        forget_timescale_max: instead of ``forget_bias``, a number ``T >= 2`` of steps: the units' forget and
+            input gates start spread over timescales from ``T`` down to 2 steps (the chrono start,
+            :func:`~tmem_agents.gate_init.chrono_biases`); ``None``: no spread.
     """
 
     cell_type = "lstm"
@@ -79,12 +83,23 @@ class LSTMExtractor(RNNExtractor):
         features_dim: int = 64,
         forget_bias: float | None = None,
         image_encoder: str = "nature_cnn",
+        forget_timescale_max: float | None = None,
     ) -> None:
+        if forget_bias is not None and forget_timescale_max is not None:
+            raise ValueError(
+                "LSTMExtractor takes forget_bias (one start for every unit) or forget_timescale_max (starts spread "
+                f"over timescales), not both; got {forget_bias!r} and {forget_timescale_max!r}"
+            )
         super().__init__(observation_space, features_dim, image_encoder)
+        starts = {}
         if forget_bias is not None:
-            with torch.no_grad():
-                for bias in (self.rnn.bias_ih_l0, self.rnn.bias_hh_l0):
-                    bias[features_dim : 2 * features_dim] = forget_bias / 2
+            starts[1] = torch.full((features_dim,), float(forget_bias))
+        if forget_timescale_max is not None:
+            starts[0], starts[1] = chrono_biases(features_dim, forget_timescale_max)
+        with torch.no_grad():
+            for bias in (self.rnn.bias_ih_l0, self.rnn.bias_hh_l0):
+                for gate, start in starts.items():
+                    bias[gate * features_dim : (gate + 1) * features_dim] = start / 2
 
 
 class GRUExtractor(RNNExtractor):

@@ -240,6 +240,15 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         (["model=tensor_memory", "model.head_activation=gelu"], "model.head_activation='gelu': must be one of"),
         (["model=tensor_memory", "model.image_tokens=0"], "model.image_tokens=0: must be >= 1"),
         (["model=lstm", "model.image_encoder=vit"], "model.image_encoder='vit': must be one of"),
+        (["model=lstm", "model.forget_timescale_max=1"], "model.forget_timescale_max=1.0: must be a finite number"),
+        (
+            ["model=lstm", "model.forget_bias=3", "model.forget_timescale_max=60"],
+            "replaces model.forget_bias: set model.forget_bias=null",
+        ),
+        (
+            ["model=tensor_memory", "model.memory.forget_timescale_max=1"],
+            "model.memory: TensorMemoryConfig.forget_timescale_max must be >= 2",
+        ),
         (["algo.reconstruction_coef=-1"], "algo.reconstruction_coef=-1.0: must be >= 0"),
         (["algo.image_reconstruction_coef=-1"], "algo.image_reconstruction_coef=-1.0: must be >= 0"),
         (["algo.log_std_init=nan"], "algo.log_std_init=nan: must be a finite number"),

@@ -7,6 +7,7 @@ from gymnasium import spaces
 from stable_baselines3.common.preprocessing import preprocess_obs
 from torch import nn
 
+from tmem_agents.gate_init import chrono_biases
 from tmem_agents.ops import write_mass
 from tmem_agents.policies import EXTRACTORS, TensorMemoryExtractor
 from tmem_agents.policies.base import map_obs
@@ -416,6 +417,21 @@ def test_head_norm_keeps_a_shared_offset_from_saturating_the_tanh_head():
     assert torch.allclose(features, torch.tanh(normed), atol=1e-5)
     assert (features.std(dim=0) > 1e-3).all(), "every feature still varies with the observations"
     _assert_steps_match_the_sequence(extractor, _obs(VECTOR, 4, 2))
+
+
+def test_lstm_forget_timescale_max_spreads_the_input_and_forget_gates_and_refuses_forget_bias_beside_it():
+    space = spaces.Box(-1, 1, (3,), np.float32)
+    torch.manual_seed(0)
+    default = EXTRACTORS["lstm"](space, features_dim=8)
+    torch.manual_seed(0)
+    spread = EXTRACTORS["lstm"](space, features_dim=8, forget_timescale_max=40.0)
+    input_bias, forget = chrono_biases(8, 40.0)
+    total = spread.rnn.bias_ih_l0 + spread.rnn.bias_hh_l0
+    assert torch.allclose(total[:8], input_bias) and torch.allclose(total[8:16], forget)
+    for name in ("bias_ih_l0", "bias_hh_l0"):  # the cell and output gates keep PyTorch's start
+        assert torch.equal(getattr(spread.rnn, name)[16:], getattr(default.rnn, name)[16:])
+    with pytest.raises(ValueError, match="forget_bias .* or forget_timescale_max .*, not both"):
+        EXTRACTORS["lstm"](space, features_dim=8, forget_bias=3.0, forget_timescale_max=40.0)
 
 
 def test_lstm_forget_bias_sets_the_forget_gate_and_none_keeps_torch_init():

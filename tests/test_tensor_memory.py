@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from tmem_agents.gate_init import chrono_biases
 from tmem_agents.memory import MemoryBlock, TensorMemory, TensorMemoryConfig
 from tmem_agents.ops import memory_step
 from tmem_agents.transformer import PreNormBlock
@@ -328,11 +329,40 @@ def test_bad_inputs_raise_clear_errors():
         ("read_cube", -0.5),
         ("read_grid", "yes"),
         ("write_grad", 0),
+        ("forget_timescale_max", 1.5),
+        ("forget_timescale_max", float("nan")),
     ],
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         TensorMemoryConfig(**{field: value})
+
+
+def test_chrono_biases_hold_each_unit_over_its_own_timescale():
+    input_bias, forget = chrono_biases(5, 60.0)
+    timescales = 1 / (1 - torch.sigmoid(forget.double()))  # steps over which a forget gate keeps its cell
+    assert torch.allclose(
+        timescales, torch.tensor([60.0, 60**0.75 * 2**0.25, 120**0.5, 60**0.25 * 2**0.75, 2.0]).double()
+    )
+    assert torch.allclose(torch.sigmoid(input_bias.double()), 1 / timescales)
+    assert torch.equal(chrono_biases(3, 2.0)[1], torch.zeros(3))
+    assert torch.allclose(torch.sigmoid(chrono_biases(1, 10.0)[1]), torch.tensor([0.9]))
+    for bad in (1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="timescale_max must be a finite number of steps >= 2"):
+            chrono_biases(4, bad)
+    with pytest.raises(ValueError, match="units >= 1"):
+        chrono_biases(0, 10.0)
+
+
+def test_forget_timescale_max_spreads_the_channels_input_and_forget_gates_in_place_of_forget_bias_init():
+    memory = _memory(forget_bias_init=3.0, forget_timescale_max=30.0)
+    bias = memory.update.pointwise_bias.detach()
+    input_bias, forget = chrono_biases(4, 30.0)
+    assert torch.equal(bias[:4], input_bias) and torch.equal(bias[4:8], forget)
+    assert torch.equal(bias[8:], torch.zeros(8)), "the output and candidate gates start as without the spread"
+    assert torch.equal(
+        _memory(forget_bias_init=3.0).update.pointwise_bias.detach()[:8], torch.tensor([0.0] * 4 + [3.0] * 4)
+    )
 
 
 def test_a_grid_read_and_a_read_cube_are_refused_together():

@@ -93,6 +93,7 @@ class MemoryGridConfig:
     write_radius: int | None = None
     gate_init: float = 0.0
     forget_bias_init: float = 3.0
+    forget_timescale_max: float | None = None
     local_update: bool = True
     strength_bias_init: float = -2.0
     input_gates: bool = False
@@ -138,6 +139,7 @@ class EncodedModelConfig(ModelConfig):
 class LSTMModelConfig(EncodedModelConfig):
     name: str = "lstm"
     forget_bias: float | None = None
+    forget_timescale_max: float | None = None
 
 
 @dataclass
@@ -244,6 +246,17 @@ def _check_memory(memory: DictConfig) -> None:
         TensorMemoryConfig(**memory_options(OmegaConf.to_container(memory)))
     except ValueError as error:
         raise ConfigError(f"model.memory: {error}") from None
+
+
+def _check_lstm_starts(model: DictConfig) -> None:
+    """The LSTM's gate starts: ``forget_timescale_max`` finite and >= 2, and not beside ``forget_bias``."""
+    timescale = model.forget_timescale_max
+    if timescale is None:
+        return
+    if not math.isfinite(timescale) or timescale < 2:
+        _fail("model.forget_timescale_max", timescale, "must be a finite number of steps >= 2 (or null)")
+    if model.forget_bias is not None:
+        _fail("model.forget_timescale_max", timescale, "replaces model.forget_bias: set model.forget_bias=null")
 
 
 def _check_reconstruction(algo: DictConfig) -> None:
@@ -353,6 +366,8 @@ def validate_train(cfg: DictConfig) -> None:
         from tmem_agents.policies.encoders import IMAGE_ENCODERS
 
         _one_of("model.image_encoder", model.image_encoder, IMAGE_ENCODERS)
+    if model.name == "lstm":
+        _check_lstm_starts(model)
     validate_env(cfg.env)
     if cfg.resume is not None:
         from tmem_agents.run_folder import RunFolder

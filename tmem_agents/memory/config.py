@@ -26,6 +26,11 @@ class TensorMemoryConfig:
         gate_init: initial logit of the fusion gate, ``sigmoid(-2) ~ 0.12``.
         forget_bias_init: initial bias of the forget gate ``f`` (0 as in the reference; 1 keeps more of
             the cell at the start of training, the usual LSTM practice).
+        forget_timescale_max: ``None`` (reference): every channel's forget gate starts at ``forget_bias_init``.
+            A number ``T >= 2`` of steps: the channels' forget and input gates start spread over timescales from
+            ``T`` down to 2 steps, evenly on a log scale (the chrono start,
+            :func:`~tmem_agents.gate_init.chrono_biases`), in place of ``forget_bias_init``: some channels start
+            holding over a whole episode, others following the input.
         local_update: confine the update to the written cells: a write-strength head ``a = sigmoid(w_a x_w)``
             gives each cell the mass ``m = a exp(-|pos - p_w|^2 / (2 sigma^2))`` and the cell moves from its state
             by ``m`` towards the LSTM update (``h + m (h' - h)``), so cells no write reaches keep their state
@@ -90,6 +95,7 @@ class TensorMemoryConfig:
     write_radius: int | None = None
     gate_init: float = -2.0
     forget_bias_init: float = 0.0
+    forget_timescale_max: float | None = None
     local_update: bool = False
     strength_bias_init: float = 0.0
     input_gates: bool = False
@@ -122,6 +128,13 @@ class TensorMemoryConfig:
         _require_finite("sigma_bias_init", self.sigma_bias_init)
         _require_finite("gate_init", self.gate_init)
         _require_finite("forget_bias_init", self.forget_bias_init)
+        if self.forget_timescale_max is not None:
+            _require_finite("forget_timescale_max", self.forget_timescale_max)
+            if self.forget_timescale_max < 2:
+                raise ValueError(
+                    "TensorMemoryConfig.forget_timescale_max must be >= 2 steps or None; "
+                    f"got {self.forget_timescale_max!r}"
+                )
         flags = (
             "local_update",
             "input_gates",

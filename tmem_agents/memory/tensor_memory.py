@@ -65,7 +65,7 @@ class TensorMemory(nn.Module):
             self.strength_bias = nn.Parameter(torch.tensor(float(config.strength_bias_init)))
         self.gate_proj = nn.Linear(token_dim, 4 * channels, bias=False) if config.input_gates else None
         self._zero_write_heads()
-        self.update = FactorizedGateConv(channels, config.forget_bias_init)
+        self.update = FactorizedGateConv(channels, config.forget_bias_init, config.forget_timescale_max)
         corners = torch.tensor([[x, y, z] for z in (-1.0, 1.0) for y in (-1.0, 1.0) for x in (-1.0, 1.0)])
         offsets = config.read_cube * corners if config.read_cube > 0 else torch.zeros(1, 3)
         self.register_buffer("read_offsets", offsets, persistent=False)

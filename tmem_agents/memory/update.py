@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tmem_agents.gate_init import chrono_biases
 from tmem_agents.ops.reference import ConvWeights
 
 
@@ -14,11 +15,13 @@ class FactorizedGateConv(nn.Module):
 
     The depthwise taps start as the identity (centre tap 1), so at initialisation the spatial mix is a
     no-op and training moves it from there. The gate order is ``(i, f, o, g)``; ``forget_bias`` starts
-    the forget gate's bias. The math lives in :func:`tmem_agents.ops.reference.factorized_conv`
+    the forget gate's bias in every channel, or ``forget_timescale_max``, when given, spreads the channels'
+    input and forget biases over timescales from it down to 2 steps (:func:`~tmem_agents.gate_init.chrono_biases`).
+    The math lives in :func:`tmem_agents.ops.reference.factorized_conv`
     and the fused kernels; this module holds the parameters.
     """
 
-    def __init__(self, channels: int, forget_bias: float = 0.0) -> None:
+    def __init__(self, channels: int, forget_bias: float = 0.0, forget_timescale_max: float | None = None) -> None:
         super().__init__()
         mixed = 2 * channels
         identity = torch.tensor([0.0, 1.0, 0.0]).repeat(mixed, 1)
@@ -32,7 +35,12 @@ class FactorizedGateConv(nn.Module):
         self.pointwise_bias = nn.Parameter(torch.zeros(4 * channels))
         nn.init.xavier_uniform_(self.pointwise)
         with torch.no_grad():
-            self.pointwise_bias[channels : 2 * channels] = forget_bias
+            if forget_timescale_max is None:
+                self.pointwise_bias[channels : 2 * channels] = forget_bias
+            else:
+                input_bias, forget = chrono_biases(channels, forget_timescale_max)
+                self.pointwise_bias[:channels] = input_bias
+                self.pointwise_bias[channels : 2 * channels] = forget
 
     def weights(self) -> ConvWeights:
         """The parameters in the layout the memory-step operators take."""
