@@ -71,7 +71,7 @@ class LSTMExtractor(RNNExtractor):
         forget_bias: initial bias of the forget gate (the sum of the cell's two biases), e.g. 1 to 3 for
             long delays; ``None`` keeps PyTorch's initialisation.
         forget_timescale_max: instead of ``forget_bias``, a number ``T >= 2`` of steps: the units' forget and
-            input gates start spread over timescales from ``T`` down to 2 steps (the chrono start,
+            input gates start spread over timescales from ``T`` down to 2 steps (a log-spaced chrono start,
             :func:`~tmem_agents.gate_init.chrono_biases`); ``None``: no spread.
     """
 
@@ -91,7 +91,7 @@ class LSTMExtractor(RNNExtractor):
                 f"over timescales), not both; got {forget_bias!r} and {forget_timescale_max!r}"
             )
         super().__init__(observation_space, features_dim, image_encoder)
-        starts = {}
+        starts: dict[int, torch.Tensor] = {}  # gate index in PyTorch's (i, f, g, o) -> its start
         if forget_bias is not None:
             starts[1] = torch.full((features_dim,), float(forget_bias))
         if forget_timescale_max is not None:

@@ -247,7 +247,7 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         ),
         (
             ["model=tensor_memory", "model.memory.forget_timescale_max=1"],
-            "model.memory: TensorMemoryConfig.forget_timescale_max must be >= 2",
+            "model.memory: TensorMemoryConfig.forget_timescale_max must be a finite number of steps >= 2",
         ),
         (["algo.reconstruction_coef=-1"], "algo.reconstruction_coef=-1.0: must be >= 0"),
         (["algo.image_reconstruction_coef=-1"], "algo.image_reconstruction_coef=-1.0: must be >= 0"),

@@ -425,6 +425,7 @@ def test_lstm_forget_timescale_max_spreads_the_input_and_forget_gates_and_refuse
     default = EXTRACTORS["lstm"](space, features_dim=8)
     torch.manual_seed(0)
     spread = EXTRACTORS["lstm"](space, features_dim=8, forget_timescale_max=40.0)
+    spread.apply_sb3_initialisation()  # the start a policy gives it keeps the spread
     input_bias, forget = chrono_biases(8, 40.0)
     total = spread.rnn.bias_ih_l0 + spread.rnn.bias_hh_l0
     assert torch.allclose(total[:8], input_bias) and torch.allclose(total[8:16], forget)
@@ -432,6 +433,14 @@ def test_lstm_forget_timescale_max_spreads_the_input_and_forget_gates_and_refuse
         assert torch.equal(getattr(spread.rnn, name)[16:], getattr(default.rnn, name)[16:])
     with pytest.raises(ValueError, match="forget_bias .* or forget_timescale_max .*, not both"):
         EXTRACTORS["lstm"](space, features_dim=8, forget_bias=3.0, forget_timescale_max=40.0)
+
+
+def test_the_memory_extractor_keeps_its_spread_gate_starts_under_the_policys_initialisation():
+    memory = {**KWARGS["tensor_memory"]["memory"], "forget_timescale_max": 40.0}
+    extractor = TensorMemoryExtractor(VECTOR, **{**KWARGS["tensor_memory"], "memory": memory})
+    extractor.apply_sb3_initialisation()
+    input_bias, forget = chrono_biases(2, 40.0)
+    assert torch.equal(extractor.memory.update.pointwise_bias.detach()[:4], torch.cat([input_bias, forget]))
 
 
 def test_lstm_forget_bias_sets_the_forget_gate_and_none_keeps_torch_init():

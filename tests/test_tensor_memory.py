@@ -348,7 +348,7 @@ def test_chrono_biases_hold_each_unit_over_its_own_timescale():
     assert torch.equal(chrono_biases(3, 2.0)[1], torch.zeros(3))
     assert torch.allclose(torch.sigmoid(chrono_biases(1, 10.0)[1]), torch.tensor([0.9]))
     for bad in (1.0, float("inf"), float("nan")):
-        with pytest.raises(ValueError, match="timescale_max must be a finite number of steps >= 2"):
+        with pytest.raises(ValueError, match="chrono_biases needs timescale_max a finite number of steps >= 2"):
             chrono_biases(4, bad)
     with pytest.raises(ValueError, match="units >= 1"):
         chrono_biases(0, 10.0)

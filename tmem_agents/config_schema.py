@@ -250,10 +250,12 @@ def _check_memory(memory: DictConfig) -> None:
 
 def _check_lstm_starts(model: DictConfig) -> None:
     """The LSTM's gate starts: ``forget_timescale_max`` finite and >= 2, and not beside ``forget_bias``."""
+    from tmem_agents.gate_init import is_timescale
+
     timescale = model.forget_timescale_max
     if timescale is None:
         return
-    if not math.isfinite(timescale) or timescale < 2:
+    if not is_timescale(timescale):
         _fail("model.forget_timescale_max", timescale, "must be a finite number of steps >= 2 (or null)")
     if model.forget_bias is not None:
         _fail("model.forget_timescale_max", timescale, "replaces model.forget_bias: set model.forget_bias=null")

@@ -1,10 +1,16 @@
-"""Starting biases of LSTM-style gates spread over timescales: the chrono initialisation (Tallec & Ollivier, 2018)."""
+"""Starting biases of LSTM-style gates spread over timescales: a deterministic, log-spaced variant of the chrono
+initialisation (Tallec & Ollivier, 2018, who draw the timescales at random)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+
+def is_timescale(value: object) -> bool:
+    """Whether ``value`` is a finite number of steps >= 2, a timescale a gate can start at."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 2
 
 
 def chrono_biases(units: int, timescale_max: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -17,8 +23,8 @@ def chrono_biases(units: int, timescale_max: float) -> tuple[torch.Tensor, torch
     """
     if not isinstance(units, int) or units < 1:
         raise ValueError(f"chrono_biases needs units >= 1; got {units!r}")
-    if not math.isfinite(timescale_max) or timescale_max < 2:
-        raise ValueError(f"timescale_max must be a finite number of steps >= 2; got {timescale_max!r}")
+    if not is_timescale(timescale_max):
+        raise ValueError(f"chrono_biases needs timescale_max a finite number of steps >= 2; got {timescale_max!r}")
     timescales = torch.exp(torch.linspace(math.log(timescale_max), math.log(2.0), units, dtype=torch.float64))
     forget = torch.log(timescales - 1.0).float()
     return -forget, forget

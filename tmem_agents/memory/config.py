@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from tmem_agents.gate_init import is_timescale
 from tmem_agents.ops.dispatch import BACKENDS, PADDING_MODES
 
 WRITE_SOURCES = ("memory_input", "block_input")
@@ -28,9 +29,9 @@ class TensorMemoryConfig:
             the cell at the start of training, the usual LSTM practice).
         forget_timescale_max: ``None`` (reference): every channel's forget gate starts at ``forget_bias_init``.
             A number ``T >= 2`` of steps: the channels' forget and input gates start spread over timescales from
-            ``T`` down to 2 steps, evenly on a log scale (the chrono start,
+            ``T`` down to 2 steps, evenly on a log scale (a log-spaced chrono start,
             :func:`~tmem_agents.gate_init.chrono_biases`), in place of ``forget_bias_init``: some channels start
-            holding over a whole episode, others following the input.
+            holding over up to ``T`` steps, others following the input.
         local_update: confine the update to the written cells: a write-strength head ``a = sigmoid(w_a x_w)``
             gives each cell the mass ``m = a exp(-|pos - p_w|^2 / (2 sigma^2))`` and the cell moves from its state
             by ``m`` towards the LSTM update (``h + m (h' - h)``), so cells no write reaches keep their state
@@ -128,13 +129,11 @@ class TensorMemoryConfig:
         _require_finite("sigma_bias_init", self.sigma_bias_init)
         _require_finite("gate_init", self.gate_init)
         _require_finite("forget_bias_init", self.forget_bias_init)
-        if self.forget_timescale_max is not None:
-            _require_finite("forget_timescale_max", self.forget_timescale_max)
-            if self.forget_timescale_max < 2:
-                raise ValueError(
-                    "TensorMemoryConfig.forget_timescale_max must be >= 2 steps or None; "
-                    f"got {self.forget_timescale_max!r}"
-                )
+        if self.forget_timescale_max is not None and not is_timescale(self.forget_timescale_max):
+            raise ValueError(
+                "TensorMemoryConfig.forget_timescale_max must be a finite number of steps >= 2, or None; "
+                f"got {self.forget_timescale_max!r}"
+            )
         flags = (
             "local_update",
             "input_gates",

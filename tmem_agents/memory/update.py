@@ -16,7 +16,8 @@ class FactorizedGateConv(nn.Module):
     The depthwise taps start as the identity (centre tap 1), so at initialisation the spatial mix is a
     no-op and training moves it from there. The gate order is ``(i, f, o, g)``; ``forget_bias`` starts
     the forget gate's bias in every channel, or ``forget_timescale_max``, when given, spreads the channels'
-    input and forget biases over timescales from it down to 2 steps (:func:`~tmem_agents.gate_init.chrono_biases`).
+    input and forget biases over timescales from it down to 2 steps (:func:`~tmem_agents.gate_init.chrono_biases`)
+    in its place.
     The math lives in :func:`tmem_agents.ops.reference.factorized_conv`
     and the fused kernels; this module holds the parameters.
     """
