@@ -306,7 +306,10 @@ def test_every_shipped_config_composes_and_every_task_builds(group: str) -> None
 
 @pytest.mark.parametrize(
     ("experiment", "record"),
-    [("pixel_memory_reacher_lstm", "lstmir500lin_s1"), ("pixel_memory_reacher_tensor_memory", "tmigw64ir500lin_s0")],
+    [
+        ("pixel_memory_reacher_lstm", "lstmirch60_500lin_s1"),
+        ("pixel_memory_reacher_tensor_memory", "tmigw64irch60_500lin_s0"),
+    ],
 )
 def test_experiments_train_as_the_runs_in_the_results(experiment: str, record: str) -> None:
     recorded = OmegaConf.load(Path(__file__).parents[1] / "results/full/pixel_memory" / record / "config.yaml")
