@@ -419,12 +419,17 @@ def test_head_norm_keeps_a_shared_offset_from_saturating_the_tanh_head():
     _assert_steps_match_the_sequence(extractor, _obs(VECTOR, 4, 2))
 
 
-def test_lstm_forget_timescale_max_spreads_the_input_and_forget_gates_and_refuses_forget_bias_beside_it():
+def _lstm_with_start(**start: float) -> tuple[nn.Module, nn.Module]:
+    """An LSTM extractor of 8 units with PyTorch's start and the same draw with the gate ``start`` options."""
     space = spaces.Box(-1, 1, (3,), np.float32)
     torch.manual_seed(0)
     default = EXTRACTORS["lstm"](space, features_dim=8)
     torch.manual_seed(0)
-    spread = EXTRACTORS["lstm"](space, features_dim=8, forget_timescale_max=40.0)
+    return default, EXTRACTORS["lstm"](space, features_dim=8, **start)
+
+
+def test_lstm_forget_timescale_max_spreads_the_input_and_forget_gates_and_refuses_forget_bias_beside_it():
+    default, spread = _lstm_with_start(forget_timescale_max=40.0)
     spread.apply_sb3_initialisation()  # the start a policy gives it keeps the spread
     input_bias, forget = chrono_biases(8, 40.0)
     total = spread.rnn.bias_ih_l0 + spread.rnn.bias_hh_l0
@@ -432,7 +437,7 @@ def test_lstm_forget_timescale_max_spreads_the_input_and_forget_gates_and_refuse
     for name in ("bias_ih_l0", "bias_hh_l0"):  # the cell and output gates keep PyTorch's start
         assert torch.equal(getattr(spread.rnn, name)[16:], getattr(default.rnn, name)[16:])
     with pytest.raises(ValueError, match="forget_bias .* or forget_timescale_max .*, not both"):
-        EXTRACTORS["lstm"](space, features_dim=8, forget_bias=3.0, forget_timescale_max=40.0)
+        _lstm_with_start(forget_bias=3.0, forget_timescale_max=40.0)
 
 
 def test_the_memory_extractor_keeps_its_spread_gate_starts_under_the_policys_initialisation():
@@ -444,11 +449,7 @@ def test_the_memory_extractor_keeps_its_spread_gate_starts_under_the_policys_ini
 
 
 def test_lstm_forget_bias_sets_the_forget_gate_and_none_keeps_torch_init():
-    space = spaces.Box(-1, 1, (3,), np.float32)
-    torch.manual_seed(0)
-    default = EXTRACTORS["lstm"](space, features_dim=8)
-    torch.manual_seed(0)
-    biased = EXTRACTORS["lstm"](space, features_dim=8, forget_bias=2.0)
+    default, biased = _lstm_with_start(forget_bias=2.0)
     total = biased.rnn.bias_ih_l0 + biased.rnn.bias_hh_l0
     assert torch.allclose(total[8:16], torch.full((8,), 2.0))
     for name in ("bias_ih_l0", "bias_hh_l0"):
