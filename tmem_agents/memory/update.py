@@ -16,10 +16,9 @@ class FactorizedGateConv(nn.Module):
     The depthwise taps start as the identity (centre tap 1), so at initialisation the spatial mix is a
     no-op and training moves it from there. The gate order is ``(i, f, o, g)``; ``forget_bias`` starts
     the forget gate's bias in every channel, or ``forget_timescale_max``, when given, spreads the channels'
-    input and forget biases over timescales from it down to 2 steps (:func:`~tmem_agents.gate_init.chrono_biases`)
-    in its place.
-    The math lives in :func:`tmem_agents.ops.reference.factorized_conv`
-    and the fused kernels; this module holds the parameters.
+    input and forget biases over timescales from it down to 2 steps in its place
+    (:func:`~tmem_agents.gate_init.chrono_biases`). The math lives in
+    :func:`tmem_agents.ops.reference.factorized_conv` and the fused kernels; this module holds the parameters.
     """
 
     def __init__(self, channels: int, forget_bias: float = 0.0, forget_timescale_max: float | None = None) -> None:
