@@ -98,10 +98,12 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     less and the target's share of the features falling. ``M = features_dim`` takes every feature from the read,
     as an LSTM's features are its state; it needs ``memory.read_after_write`` so that the read holds the step.
     The block's tokens then serve only the memory's write and read location (its MLP and final LayerNorm go
-    unused). On the pixel memory reacher (three seeds) it scored behind one head with the reference's update of
-    every cell, and with ``memory.input_gates``, the local update and writes starting at half strength came
-    nearest the LSTM on 500 episodes of any Tensor Memory run there, still behind it on average
-    (``docs/results.md``).
+    unused); with one layer, ``memory.read_grid`` and ``memory.write_from="block_input"`` nothing the block
+    computes reaches the features, and its attention is skipped (its weights stay, so saved models load).
+    On the pixel memory reacher (three seeds) it scored behind one head with the reference's update of every
+    cell; with ``memory.input_gates``, the local update, writes starting at half strength and the gates started
+    over timescales (``+experiment=pixel_memory_reacher_tensor_memory``) it scores above the LSTM given the same
+    start, on average over six seeds (``docs/results.md``).
 
     Args:
         memory: a dict of :class:`TensorMemoryConfig` fields, applied over :data:`EXTRACTOR_MEMORY_DEFAULTS` and
@@ -174,6 +176,12 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
                 f"{memory.chunk_size})"
             )
         self.chunks_per_step = num_tokens // memory.chunk_size
+        self.block_unused = (
+            n_layers == 1
+            and memory_features == features_dim
+            and memory.read_grid
+            and memory.write_from == "block_input"
+        )
         self.memory = TensorMemory(memory, token_dim, places)
         self.layers = nn.ModuleList(MemoryBlock(PreNormBlock(token_dim, heads), self.memory) for _ in range(n_layers))
         self.norm = nn.LayerNorm(token_dim)
@@ -216,7 +224,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         steps, batch, num, dim = tokens.shape
         first, last = self.layers[0], self.layers[-1]
         seen = tokens if self.block_grad else tokens.detach()
-        x = first.pre(seen.flatten(0, 1)).view(tokens.shape)
+        x = seen if self.block_unused else first.pre(seen.flatten(0, 1)).view(tokens.shape)
         if len(self.layers) == 1:
             chunk_starts = None
             if episode_starts is not None:

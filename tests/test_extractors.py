@@ -332,6 +332,32 @@ def test_features_from_the_memory_alone_read_the_state_after_the_steps_write(n_l
     assert not torch.allclose(first[0], first[1])
 
 
+def test_a_block_whose_output_reaches_no_feature_is_skipped_and_the_features_are_unchanged():
+    """One layer, every feature from a read of the whole grid, writes from the tokenizer's tokens: the block's
+    attention is not run, and running it would give the same features and gradients."""
+    torch.manual_seed(0)
+    memory = {**KWARGS["tensor_memory"]["memory"], "read_grid": True, "read_after_write": True}
+    extractor = TensorMemoryExtractor(DICT, memory_features=12, **{**KWARGS["tensor_memory"], "memory": memory})
+    assert extractor.block_unused
+    calls = []
+    extractor.layers[0].block.norm1.register_forward_hook(lambda *_: calls.append(1))
+    obs, starts = _obs(DICT, 4, 2), torch.zeros(4, 2)
+    state = extractor.initial_state(2).apply(torch.randn_like)
+    results = []
+    for unused in (True, False):
+        extractor.block_unused = unused
+        extractor.zero_grad()
+        features, _ = extractor.sequence(obs, state, starts)
+        features.square().sum().backward()
+        results.append((features.detach(), extractor.memory.content.weight.grad.clone()))
+        assert len(calls) == (0 if unused else 1)
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+    assert all(p.grad is None for p in extractor.layers[0].block.parameters())
+    for kwargs in ({"memory_features": 12, "n_layers": 2}, {"memory_features": 5}):
+        assert not TensorMemoryExtractor(DICT, **{**KWARGS["tensor_memory"], "memory": memory, **kwargs}).block_unused
+
+
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_tokens_to_head_feeds_the_head_the_tokenizer_output_and_steps_match_the_sequence(n_layers):
     torch.manual_seed(0)
