@@ -9,9 +9,11 @@ second, state bytes per env and parameters. ``--write docs/results.md`` puts the
 ``scripts/recall_check.py --out`` file between the ``<!-- ablation -->`` markers. ``--curves`` draws the same
 plot for any groups of run folders instead, one line per ``label=glob``; ``--table`` prints, for the same
 groups, their evaluations by ``tmem-eval`` (each folder's ``eval.json``, or the file ``--eval-file`` names): the
-return per seed, its mean and sample standard deviation, Welch's t against the first group, the memory's gain
-and the final distance; ``--steps-to=R1,R2,...`` prints, for the same groups, the steps each seed took to first
-reach a training return of each ``R`` (the logged mean over the last episodes), with Welch's t likewise.
+return per seed, its mean and sample standard deviation, Welch's t against the first group (its two-sided p and
+degrees of freedom below the table), the memory's gain and the final distance; ``--steps-to=R1,R2,...``
+prints, for the same groups, the steps each seed took to first reach a training return of each ``R`` (the
+logged mean over the last episodes), with Welch's t likewise. Each group's folders are taken in the order of
+the numbers in their names (``s2`` before ``s10``).
 
     python scripts/summarize_results.py --results results --ablation results/ablation.jsonl --write docs/results.md
     python scripts/summarize_results.py --curves docs/results/long.png --title "long cue recall" \
@@ -122,13 +124,19 @@ def _save(fig: plt.Figure, ax: plt.Axes, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _natural_order(path: Path) -> list[str | int]:
+    """Sort key of a path with its numbers compared as numbers: ``run_s2`` before ``run_s10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
 def _run_groups(groups: list[str], holding: str) -> dict[str, list[Path]]:
     """The run folders of ``label=glob`` groups (absolute or relative to the working directory; split at the
-    last ``=``; groups that repeat a label join it) that hold ``holding``, by label in their first order."""
+    last ``=``; groups that repeat a label join it) that hold ``holding``, by label in their first order, each
+    group's folders in natural order (``s2`` before ``s10``)."""
     runs_of: dict[str, list[Path]] = {}
     for group in groups:
         label, sep, pattern = group.rpartition("=")
-        runs = sorted(Path(p) for p in glob.glob(pattern) if (Path(p) / holding).exists())
+        runs = sorted((Path(p) for p in glob.glob(pattern) if (Path(p) / holding).exists()), key=_natural_order)
         if not sep or not runs:
             raise SystemExit(f"{group!r}: expected label=glob matching run folders with {holding}")
         runs_of.setdefault(label, []).extend(runs)
@@ -143,13 +151,62 @@ def plot_groups(groups: list[str], title: str, path: Path) -> None:
     _save(fig, ax, title, path)
 
 
-def _welch_t(values: np.ndarray, reference: np.ndarray) -> str:
-    """Welch's t of the mean of ``values`` against that of ``reference`` (positive: higher); ``-`` where either
-    has fewer than two values or both have no spread."""
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function ``I_x(a, b)``, by its continued fraction (modified Lentz)."""
+    if x <= 0.0 or x >= 1.0:
+        return max(0.0, min(1.0, x))
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast below this point: use the symmetry
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+
+    def nonzero(value: float) -> float:
+        return value if abs(value) > 1e-300 else 1e-300
+
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    c, d = 1.0, 1.0 / nonzero(1.0 - (a + b) * x / (a + 1.0))
+    fraction = d
+    for m in range(1, 300):
+        for term in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 / nonzero(1.0 + term * d)
+            c = nonzero(1.0 + term / c)
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-14:
+            break
+    return front * fraction / a
+
+
+def welch_test(values: np.ndarray, reference: np.ndarray) -> tuple[float, float, float] | None:
+    """Welch's t of the mean of ``values`` against that of ``reference`` (positive: higher), its degrees of
+    freedom (Welch-Satterthwaite) and the two-sided p of Student's t; ``None`` where either has fewer than two
+    values or both have no spread."""
     if len(values) < 2 or len(reference) < 2:
+        return None
+    shares = values.var(ddof=1) / len(values), reference.var(ddof=1) / len(reference)
+    error = math.sqrt(sum(shares))
+    if error == 0:
+        return None
+    t = (values.mean() - reference.mean()) / error
+    dof = sum(shares) ** 2 / (shares[0] ** 2 / (len(values) - 1) + shares[1] ** 2 / (len(reference) - 1))
+    return float(t), float(dof), float(_incomplete_beta(dof / 2, 0.5, dof / (dof + t * t)))
+
+
+def _welch_t(values: np.ndarray, reference: np.ndarray, tests: dict[str, str], row: str) -> str:
+    """:func:`welch_test`'s t to one decimal (``-`` where it has none); its p and degrees of freedom go into
+    ``tests`` under ``row``."""
+    test = welch_test(values, reference)
+    if test is None:
         return "-"
-    error = math.sqrt(values.var(ddof=1) / len(values) + reference.var(ddof=1) / len(reference))
-    return f"{(values.mean() - reference.mean()) / error:.1f}" if error > 0 else "-"
+    tests[row] = f"{row} p {test[2]:.2f} ({test[1]:.1f} df)"
+    return f"{test[0]:.1f}"
+
+
+def _with_tests(lines: list[str], first: str, tests: dict[str, str]) -> str:
+    """A table's ``lines`` and, below it, the two-sided p of each of its Welch's t against ``first``."""
+    if tests:
+        lines += ["", f"Welch's t against {first}, two-sided: " + "; ".join(tests.values())]
+    return "\n".join(lines)
 
 
 def evaluation_table(groups: list[str], eval_file: str = "eval.json") -> str:
@@ -163,6 +220,7 @@ def evaluation_table(groups: list[str], eval_file: str = "eval.json") -> str:
     }
     returns_of = {label: np.array([r["mean_return"] for r in rows]) for label, rows in evals.items()}
     first = next(iter(returns_of))
+    tests: dict[str, str] = {}
     lines = [
         "| runs | seeds | return per seed | return | Welch's t | memory's gain | final distance |",
         "|---|---|---|---|---|---|---|",
@@ -170,7 +228,7 @@ def evaluation_table(groups: list[str], eval_file: str = "eval.json") -> str:
     for label, rows in evals.items():
         returns = returns_of[label]
         mean = f"{returns.mean():.2f}" + (f" +- {returns.std(ddof=1):.2f}" if len(returns) > 1 else "")
-        t = _welch_t(returns, returns_of[first]) if label != first else "-"
+        t = _welch_t(returns, returns_of[first], tests, label) if label != first else "-"
         distances = [r["mean_final_distance"] for r in rows if "mean_final_distance" in r]
         gains = [r["memory_gain"] for r in rows if "memory_gain" in r]
         lines.append(
@@ -178,7 +236,7 @@ def evaluation_table(groups: list[str], eval_file: str = "eval.json") -> str:
             + (f"{np.mean(gains):.2f} | " if gains else "- | ")
             + (f"{min(distances):.3f}-{max(distances):.3f} |" if distances else "- |")
         )
-    return "\n".join(lines)
+    return _with_tests(lines, first, tests)
 
 
 def _first_step(steps: np.ndarray, returns: np.ndarray, target: float) -> float:
@@ -194,6 +252,7 @@ def steps_to_table(groups: list[str], targets: list[float]) -> str:
     label's (negative: sooner)."""
     curves = {label: [_curve(run) for run in runs] for label, runs in _run_groups(groups, "logs").items()}
     first = next(iter(curves))
+    tests: dict[str, str] = {}
     lines = [
         "| training return | runs | seeds reaching it | steps per seed (k) | mean steps (k) | Welch's t |",
         "|---|---|---|---|---|---|",
@@ -207,9 +266,9 @@ def steps_to_table(groups: list[str], targets: list[float]) -> str:
             done = done_of[label]
             per_seed = ", ".join("-" if math.isnan(s) else f"{s / 1000:.0f}" for s in reached)
             mean = f"{done.mean() / 1000:.0f}" if len(done) else "-"
-            t = _welch_t(done, done_of[first]) if label != first else "-"
+            t = _welch_t(done, done_of[first], tests, f"{target:g} {label}") if label != first else "-"
             lines.append(f"| {target:g} | {label} | {len(done)}/{len(reached)} | {per_seed} | {mean} | {t} |")
-    return "\n".join(lines)
+    return _with_tests(lines, first, tests)
 
 
 def ablation_table(path: Path) -> str:

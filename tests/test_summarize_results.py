@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -54,6 +55,7 @@ def test_evaluation_table_of_run_groups(tmp_path: Path, monkeypatch: pytest.Monk
     lines = _script().evaluation_table(["LSTM=lstm_s*", f"TM={tmp_path}/tm_s*"]).splitlines()  # absolute too
     assert lines[2] == "| LSTM | 3 | -10.00, -11.00, -12.00 | -11.00 +- 1.00 | - | 1.00 | 0.200-0.220 |"
     assert lines[3] == "| TM | 3 | -12.00, -13.00, -14.00 | -13.00 +- 1.00 | -2.4 | 1.00 | 0.220-0.240 |"
+    assert lines[4:] == ["", "Welch's t against LSTM, two-sided: TM p 0.07 (4.0 df)"]
     with pytest.raises(SystemExit, match="run folders with eval.json"):
         _script().evaluation_table(["GRU=gru_s*"])
     (tmp_path / "tm_s3" / "eval500.json").write_text(json.dumps({"mean_return": -12.5, "mean_final_distance": 0.2}))
@@ -80,7 +82,32 @@ def test_steps_to_table_of_run_groups(tmp_path: Path, monkeypatch: pytest.Monkey
         "| -16 | TM | 2/2 | 1, 2 | 2 | -1.4 |",
         "| -14 | LSTM | 1/2 | 3, - | 3 | - |",
         "| -14 | TM | 2/2 | 2, 3 | 2 | - |",
+        "",
+        "Welch's t against LSTM, two-sided: -16 TM p 0.29 (2.0 df)",
     ]
+
+
+def test_welch_test_gives_students_two_sided_p() -> None:
+    script = _script()
+    # t's critical values: 2.228 at 10 degrees of freedom and 12.706 at 1 for p = 0.05, 1.812 at 10 for 0.10
+    for t, dof, p in ((2.228, 10, 0.05), (12.706, 1, 0.05), (1.812, 10, 0.10), (0.0, 5, 1.0)):
+        assert script._incomplete_beta(dof / 2, 0.5, dof / (dof + t * t)) == pytest.approx(p, abs=2e-4)
+    t, dof, p = script.welch_test(np.array([1.0, 2.0]), np.array([2.0, 3.0]))
+    assert (t, dof) == pytest.approx((-(2**0.5), 2.0))
+    assert p == pytest.approx(1 - 2**-0.5)  # at 2 degrees of freedom p = 1 - |t| / sqrt(2 + t^2)
+    uneven = script.welch_test(np.array([0.0, 1.0, 2.0, 3.0]), np.array([5.0, 5.5]))
+    assert uneven[1] == pytest.approx((5 / 12 + 0.125 / 2) ** 2 / ((5 / 12) ** 2 / 3 + (0.125 / 2) ** 2))
+    assert script.welch_test(np.array([1.0]), np.array([1.0, 2.0])) is None
+    assert script.welch_test(np.array([1.0, 1.0]), np.array([2.0, 2.0])) is None
+
+
+def test_run_folders_are_taken_in_the_order_of_their_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for seed in (0, 1, 2, 10, 11):
+        (tmp_path / f"tm_s{seed}").mkdir()
+        (tmp_path / f"tm_s{seed}" / "eval.json").write_text(json.dumps({"mean_return": -1.0 - seed}))
+    monkeypatch.chdir(tmp_path)
+    row = _script().evaluation_table(["TM=tm_s*"]).splitlines()[2]
+    assert row.startswith("| TM | 5 | -1.00, -2.00, -3.00, -11.00, -12.00 |")
 
 
 def test_steps_to_needs_returns_and_groups(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
