@@ -8,9 +8,9 @@ second, state bytes per env and parameters. ``--write docs/results.md`` puts the
 ``<!-- results -->`` markers of that file, and with ``--ablation`` the table of a
 ``scripts/recall_check.py --out`` file between the ``<!-- ablation -->`` markers. ``--curves`` draws the same
 plot for any groups of run folders instead, one line per ``label=glob``; ``--table`` prints, for the same
-groups, their evaluations by ``tmem-eval`` (each folder's ``eval.json``, or the file ``--eval-file`` names): the
-return per seed, its mean and sample standard deviation, Welch's t against the first group (its two-sided p and
-degrees of freedom below the table), the memory's gain and the final distance; ``--steps-to=R1,R2,...``
+groups, their evaluations by ``tmem-eval`` (each folder's ``eval.json``, or the file ``--eval-file`` names):
+the return per seed, its mean and sample standard deviation, Welch's t against the first group (its two-sided p
+and degrees of freedom below the table), the memory's gain and the final distance; ``--steps-to=R1,R2,...``
 prints, for the same groups, the steps each seed took to first reach a training return of each ``R`` (the
 logged mean over the last episodes), with Welch's t likewise. Each group's folders are taken in the order of
 the numbers in their names (``s2`` before ``s10``).
@@ -198,7 +198,7 @@ def _welch_t(values: np.ndarray, reference: np.ndarray, tests: dict[str, str], r
     test = welch_test(values, reference)
     if test is None:
         return "-"
-    tests[row] = f"{row} p {test[2]:.2f} ({test[1]:.1f} df)"
+    tests[row] = f"{row} p {test[2]:.2g} ({test[1]:.1f} df)"
     return f"{test[0]:.1f}"
 
 

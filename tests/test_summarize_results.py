@@ -89,14 +89,16 @@ def test_steps_to_table_of_run_groups(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_welch_test_gives_students_two_sided_p() -> None:
     script = _script()
-    # t's critical values: 2.228 at 10 degrees of freedom and 12.706 at 1 for p = 0.05, 1.812 at 10 for 0.10
-    for t, dof, p in ((2.228, 10, 0.05), (12.706, 1, 0.05), (1.812, 10, 0.10), (0.0, 5, 1.0)):
+    # t's critical values: 2.228 at 10 degrees of freedom and 12.706 at 1 for p = 0.05, 1.812 at 10 for 0.10,
+    # 0.260 at 10 for 0.80 (large p: the fraction is taken at 1 - x, through the function's symmetry)
+    for t, dof, p in ((2.228, 10, 0.05), (12.706, 1, 0.05), (1.812, 10, 0.10), (0.260, 10, 0.80), (0.0, 5, 1.0)):
         assert script._incomplete_beta(dof / 2, 0.5, dof / (dof + t * t)) == pytest.approx(p, abs=2e-4)
     t, dof, p = script.welch_test(np.array([1.0, 2.0]), np.array([2.0, 3.0]))
     assert (t, dof) == pytest.approx((-(2**0.5), 2.0))
     assert p == pytest.approx(1 - 2**-0.5)  # at 2 degrees of freedom p = 1 - |t| / sqrt(2 + t^2)
     uneven = script.welch_test(np.array([0.0, 1.0, 2.0, 3.0]), np.array([5.0, 5.5]))
     assert uneven[1] == pytest.approx((5 / 12 + 0.125 / 2) ** 2 / ((5 / 12) ** 2 / 3 + (0.125 / 2) ** 2))
+    assert script.welch_test(np.array([1.0, 2.0, 3.0]), np.array([1.2, 2.2, 3.2]))[2] == pytest.approx(0.8185, abs=1e-4)
     assert script.welch_test(np.array([1.0]), np.array([1.0, 2.0])) is None
     assert script.welch_test(np.array([1.0, 1.0]), np.array([2.0, 2.0])) is None
 
