@@ -151,7 +151,7 @@ def test_eval_writes_json_and_memory_pictures(trained: RunFolder) -> None:
     eval_args = [f"run_dir={trained.root}", "episodes=2", "memory_ablation=true", "progress_bar=false"]
     run_eval(eval_args + ["memory_video=true", "video_format=gif", "device=cpu"])
     results = json.loads((trained.root / "eval.json").read_text())
-    assert results["episodes"] == 2 and results["deterministic"] is True
+    assert results["episodes"] == 2 and results["deterministic"] is True and results["checkpoint"] == "model.zip"
     assert {"mean_return", "std_return"} <= results["ablation"].keys()
     assert results["memory_gain"] == results["mean_return"] - results["ablation"]["mean_return"]
     assert (trained.videos / "memory.gif").stat().st_size > 0 and (trained.videos / "memory.png").is_file()
@@ -161,7 +161,19 @@ def test_eval_video(trained: RunFolder) -> None:
     pytest.importorskip("pygame", reason="CartPole renders through pygame")
     run_eval([f"run_dir={trained.root}", "episodes=1", "video=true", "checkpoint=best", "output=video_eval.json"])
     assert (trained.videos / "episode.mp4").stat().st_size > 0
-    assert json.loads((trained.root / "video_eval.json").read_text())["checkpoint"].endswith("best/model.zip")
+    assert json.loads((trained.root / "video_eval.json").read_text())["checkpoint"] == "best/model.zip"
+
+
+def test_eval_checkpoint_inside_the_run_folder(trained: RunFolder, tmp_path: Path) -> None:
+    """A checkpoint named from the run folder is found there, and every record names its model from it."""
+    args = [f"run_dir={trained.root}", "episodes=1", "progress_bar=false", "output=step_eval.json"]
+    run_eval(args + ["checkpoint=checkpoints/step_000000001536.zip"])
+    results = json.loads((trained.root / "step_eval.json").read_text())
+    assert results["checkpoint"] == "checkpoints/step_000000001536.zip" and results["timesteps"] == 1536
+    outside = tmp_path / "elsewhere.zip"
+    outside.write_bytes(trained.final_model.read_bytes())
+    run_eval(args + [f"checkpoint={outside}"])
+    assert json.loads((trained.root / "step_eval.json").read_text())["checkpoint"] == str(outside)
 
 
 def run_eval(args: list[str]) -> None:

@@ -129,7 +129,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         results["memory_gain"] = results["mean_return"] - ablation["mean_return"]
     venv.close()
     results.update(
-        checkpoint=str(model_path),
+        checkpoint=run.relative(model_path),
         timesteps=model.num_timesteps,
         deterministic=cfg.deterministic,
         seed=seed,
@@ -137,7 +137,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         model=train_cfg.model.name,
     )
     if cfg.video or cfg.memory_video:
-        results["videos"] = [str(path) for path in _record_videos(cfg, model, train_cfg, model_path, seed)]
+        results["videos"] = [run.relative(path) for path in _record_videos(cfg, model, train_cfg, model_path, seed)]
     write_json(run.root / cfg.output, results)
     return results
 

@@ -128,13 +128,17 @@ class RunFolder:
         return latest
 
     def model_path(self, which: str) -> Path:
-        """The model ``final``, ``best``, ``last`` (newest checkpoint) or at the path ``which`` (a checkpoint's);
-        raise :class:`ConfigError` if absent."""
+        """The model ``final``, ``best``, ``last`` (newest checkpoint) or at the path ``which`` (a checkpoint's,
+        as given or inside the run folder: ``checkpoints/step_<N>.zip``); raise :class:`ConfigError` if absent."""
         paths = {"final": self.final_model, "best": self.best / "model.zip", "last": self.latest_checkpoint()}
         if which not in paths:
-            if not Path(which).is_file():
-                raise ConfigError(f"checkpoint={which!r}: must be one of {list(paths)} or the path of a saved model")
-            return Path(which)
+            for path in (Path(which), self.root / which):
+                if path.is_file():
+                    return path
+            raise ConfigError(
+                f"checkpoint={which!r}: must be one of {list(paths)} or the path of a saved model "
+                f"(as given, or inside the run folder {self.root})"
+            )
         path = paths[which]
         if path is None or not path.is_file():
             raise ConfigError(
@@ -142,6 +146,15 @@ class RunFolder:
                 f"(available: {[name for name, p in paths.items() if p is not None and p.is_file()]})"
             )
         return path
+
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the run folder if it lies inside it (the record stays true when the folder
+        moves), else ``path`` as given."""
+        try:
+            return str(path.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path)
 
 
 def normalization_path(model_path: Path) -> Path:
