@@ -147,7 +147,6 @@ class RunFolder:
             )
         return path
 
-
     def relative(self, path: Path) -> str:
         """``path`` relative to the run folder if it lies inside it (the record stays true when the folder
         moves), else ``path`` as given."""
