@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 
 from tmem_agents import configs
 from tmem_agents.algos import MemoryPPO
-from tmem_agents.config_schema import compose
+from tmem_agents.config_schema import ConfigError, compose
 from tmem_agents.env_factory import make_envs, normalize
+from tmem_agents.evaluate import _renders
 from tmem_agents.evaluate import main as eval_main
 from tmem_agents.run_folder import RunFolder, atomic_write
 from tmem_agents.train import main as train_main
@@ -162,6 +163,15 @@ def test_eval_video(trained: RunFolder) -> None:
     run_eval([f"run_dir={trained.root}", "episodes=1", "video=true", "checkpoint=best", "output=video_eval.json"])
     assert (trained.videos / "episode.mp4").stat().st_size > 0
     assert json.loads((trained.root / "video_eval.json").read_text())["checkpoint"] == "best/model.zip"
+
+
+def test_eval_video_needs_an_env_that_renders() -> None:
+    """``video=true`` on an env without ``rgb_array`` fails before any episode is scored, saying what to drop."""
+    train_cfg = compose("train", ["env=cue_recall"])
+    with pytest.raises(ConfigError, match="cannot render rgb_array .*drop video=true"):
+        _renders(OmegaConf.create({"video": True}), train_cfg)
+    assert not _renders(OmegaConf.create({"video": False}), train_cfg)
+    assert _renders(OmegaConf.create({"video": True}), compose("train", ["env=pixel_reacher"]))
 
 
 def test_eval_checkpoint_inside_the_run_folder(trained: RunFolder, tmp_path: Path) -> None:

@@ -65,15 +65,25 @@ def _render(venv: VecEnv, env_id: str) -> np.ndarray:
         raise ConfigError(f"video=true: env {env_id!r} cannot render here: {error}") from error
 
 
-def _record_videos(cfg: DictConfig, model: MemoryPPO, train_cfg: DictConfig, model_path: Path, seed: int) -> list[Path]:
-    """Render ``video_episodes`` episodes into ``videos/``: the frames and/or the memory pictures."""
-    run = RunFolder(cfg.run_dir)
+def _renders(cfg: DictConfig, train_cfg: DictConfig) -> bool:
+    """Whether the run's env draws ``rgb_array`` frames; raise :class:`ConfigError` for ``video=true`` if it
+    cannot (checked before any episode is scored)."""
     probe = env_builder(train_cfg.env)()
     render_modes = probe.metadata.get("render_modes", [])
     probe.close()
-    renders = "rgb_array" in render_modes
-    if cfg.video and not renders:
-        raise ConfigError(f"video=true: env {train_cfg.env.id!r} cannot render rgb_array (modes: {render_modes})")
+    if cfg.video and "rgb_array" not in render_modes:
+        raise ConfigError(
+            f"video=true: env {train_cfg.env.id!r} cannot render rgb_array (modes: {render_modes}); "
+            "drop video=true (memory_video=true draws the memory without frames)"
+        )
+    return "rgb_array" in render_modes
+
+
+def _record_videos(
+    cfg: DictConfig, model: MemoryPPO, train_cfg: DictConfig, model_path: Path, seed: int, renders: bool
+) -> list[Path]:
+    """Render ``video_episodes`` episodes into ``videos/``: the frames (``renders``) and/or the memory pictures."""
+    run = RunFolder(cfg.run_dir)
     venv = eval_env(train_cfg, model_path, 1, seed, "rgb_array" if renders else None)
     recorder = MemoryRecorder() if cfg.memory_video else None
     frames: list[np.ndarray] = []
@@ -115,6 +125,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     model_path = run.model_path(cfg.checkpoint)
     if cfg.memory_video and train_cfg.model.name != "tensor_memory":
         raise ConfigError(f"memory_video=true: the run's model is {train_cfg.model.name!r}, not tensor_memory")
+    renders = (cfg.video or cfg.memory_video) and _renders(cfg, train_cfg)
     seed = train_cfg.seed + EVAL_SEED_OFFSET if cfg.seed is None else cfg.seed
     model = MemoryPPO.load(model_path, device=cfg.device)
     if cfg.memory_video and not isinstance(model.policy.features_extractor, TensorMemoryExtractor):
@@ -137,7 +148,9 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         model=train_cfg.model.name,
     )
     if cfg.video or cfg.memory_video:
-        results["videos"] = [run.relative(path) for path in _record_videos(cfg, model, train_cfg, model_path, seed)]
+        results["videos"] = [
+            run.relative(path) for path in _record_videos(cfg, model, train_cfg, model_path, seed, renders)
+        ]
     write_json(run.root / cfg.output, results)
     return results
 

@@ -12,8 +12,9 @@ Layout (see ``docs/cli.md``)::
     summary.json                final evaluation; written last, so it marks a finished run
     eval.json, videos/          written by tmem-eval
 
-Every file is written to a temporary name in its folder and renamed into place (``os.replace``), so a crash
-never leaves a half-written checkpoint or result.
+Models, checkpoints, normalization statistics, ``config.yaml`` and the JSON records are written to a temporary
+name in their folder and renamed into place (``os.replace``), so a crash never leaves a half-written checkpoint
+or result; logs and videos are written in place by their libraries.
 """
 
 from __future__ import annotations
