@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import gymnasium as gym
@@ -146,11 +145,7 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
         self.tokenizer = make_tokenizer(observation_space, token_dim, group_size, image_stem, image_tokens)
         if not isinstance(memory, TensorMemoryConfig):
             fields = {**EXTRACTOR_MEMORY_DEFAULTS, "chunk_size": self.tokenizer.num_tokens, **(memory or {})}
-            known = {f.name for f in dataclasses.fields(TensorMemoryConfig)}
-            unknown = sorted(set(fields) - known)
-            if unknown:
-                raise ValueError(f"unknown memory option(s) {unknown}; valid: {sorted(known)}")
-            memory = TensorMemoryConfig(**fields)
+            memory = TensorMemoryConfig.from_options(fields)
         num_tokens = self.tokenizer.num_tokens
         if num_tokens % memory.chunk_size:
             raise ValueError(

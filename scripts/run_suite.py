@@ -4,7 +4,8 @@ Each MemoryPPO run is a ``tmem-train`` run folder under ``<out>/runs/<task>/<mod
 by ``tmem-eval`` with and without its state (the memory ablation). sb3-contrib's ``RecurrentPPO`` (LSTM
 for actor and critic) runs on the vector tasks with the same envs and PPO settings, from the same
 composed config. One row per run goes to ``<out>/summary.csv``; a finished run is skipped, so an
-interrupted sweep resumes where it stopped. ``scripts/summarize_results.py`` makes the tables and plots.
+interrupted sweep resumes where it stopped (an interrupted run from its newest checkpoint, or from the
+start when it has none). ``scripts/summarize_results.py`` makes the tables and plots.
 
     python scripts/run_suite.py --profile quick --seeds 0 1 2 --jobs 2
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -83,6 +85,17 @@ def _model_stats(path: Path) -> tuple[int, int]:
     return model.policy.initial_state(1).bytes(), sum(p.numel() for p in model.policy.parameters())
 
 
+def _start_or_resume(run_dir: Path) -> list[str]:
+    """The arguments that continue an interrupted run: ``resume=`` from its newest checkpoint, or none when
+    it has no checkpoint (its folder is removed, and the run starts over)."""
+    from tmem_agents.run_folder import RunFolder
+
+    if RunFolder(run_dir).list_checkpoints():
+        return [f"resume={run_dir}"]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return []
+
+
 def run_memory_ppo(task: str, spec: dict, model: str, seed: int, out: Path) -> dict:
     run_dir = out / "runs" / task / model / f"s{seed}"
     train = [
@@ -98,7 +111,7 @@ def run_memory_ppo(task: str, spec: dict, model: str, seed: int, out: Path) -> d
         f"checkpoint_freq={spec['timesteps']}",
     ]
     if not (run_dir / "summary.json").is_file():
-        subprocess.run(train, check=True, capture_output=True, text=True)
+        subprocess.run(train + _start_or_resume(run_dir), check=True, capture_output=True, text=True)
     if not (run_dir / "eval.json").is_file():
         subprocess.run(
             [

@@ -131,6 +131,21 @@ def test_resume_continues_step_counter(tmp_path: Path) -> None:
     assert (run.root / "vecnormalize.pkl").is_file()
 
 
+def test_resume_continues_a_finished_run_from_its_final_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = train(tmp_path / "run", "total_timesteps=1024", "model=gru", "eval_freq=0")
+    assert run.list_checkpoints()[-1][0] == 768
+    saved = {path: path.read_bytes() for path in run.root.rglob("*") if path.is_file()}
+    message = fails(train_main, [f"resume={run.root}", "total_timesteps=1024"], capsys)
+    assert "total_timesteps=1024: the run has already trained 1024 timesteps" in message
+    assert {path: path.read_bytes() for path in run.root.rglob("*") if path.is_file()} == saved
+    train_main([f"resume={run.root}", "total_timesteps=1280"])
+    steps = [int(row["time/total_timesteps"]) for row in progress(run)]
+    assert steps[0] == 1024 + 128 and steps[-1] == 1280
+    assert json.loads(run.summary.read_text())["timesteps"] == 1280
+
+
 @pytest.mark.parametrize(("env", "keys"), [("pixel_memory_reacher", ["proprio"]), ("pixel_reacher", None)])
 def test_vecnormalize_leaves_images_as_they_are(env: str, keys: list[str] | None) -> None:
     cfg = compose("train", [f"env={env}", "algo=ppo_pixel", "algo.norm_obs=true"])
@@ -274,6 +289,9 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         (["algo.reconstruction_coef=-1"], "algo.reconstruction_coef=-1.0: must be >= 0"),
         (["algo.image_reconstruction_coef=-1"], "algo.image_reconstruction_coef=-1.0: must be >= 0"),
         (["algo.log_std_init=nan"], "algo.log_std_init=nan: must be a finite number"),
+        (["algo.target_kl=0"], "algo.target_kl=0.0: must be > 0, or null to turn it off"),
+        (["algo.clip_range_vf=-1"], "algo.clip_range_vf=-1.0: must be > 0, or null to turn it off"),
+        (["model=tensor_memory", "+model.memory.chanels=8"], "unknown memory option(s) ['chanels']; valid: ["),
         (
             ["algo.reconstruction_coef=1", "algo.bptt_len=16", "algo.reconstruction_lags=[1,16]"],
             "each in [1, algo.bptt_len) = [1, 16)",
@@ -291,7 +309,12 @@ def test_bad_train_overrides_fail_clearly(
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [([], "run_dir is required"), (["run_dir=does/not/exist"], "no such folder"), (["episodes=zero"], "episodes")],
+    [
+        ([], "run_dir is required"),
+        (["run_dir=does/not/exist"], "no such folder"),
+        (["episodes=zero"], "episodes"),
+        (["run_dir=does/not/exist", "torch_threads=0"], "torch_threads=0: must be >= 1"),
+    ],
 )
 def test_bad_eval_overrides_fail_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], message: str
@@ -304,6 +327,23 @@ def test_bad_eval_overrides_fail_clearly(
 def test_eval_names_a_missing_checkpoint(trained: RunFolder, capsys: pytest.CaptureFixture[str]) -> None:
     message = fails(eval_main, [f"run_dir={trained.root}", "checkpoint=nowhere.zip"], capsys)
     assert "checkpoint='nowhere.zip': must be one of ['final', 'best', 'last'] or the path of a saved model" in message
+    message = fails(eval_main, [f"run_dir={trained.root}", "checkpoint=config.yaml"], capsys)
+    assert "checkpoint='config.yaml': must be one of" in message and "the path of a saved model, a .zip" in message
+
+
+def test_eval_leaves_the_training_summary_alone(trained: RunFolder, capsys: pytest.CaptureFixture[str]) -> None:
+    before = trained.summary.read_bytes()
+    message = fails(eval_main, [f"run_dir={trained.root}", "output=summary.json"], capsys)
+    assert "output='summary.json': is the training run's final evaluation" in message
+    assert trained.summary.read_bytes() == before
+
+
+def test_train_refuses_a_folder_that_holds_a_run(trained: RunFolder, capsys: pytest.CaptureFixture[str]) -> None:
+    saved = {path: path.read_bytes() for path in trained.root.rglob("*") if path.is_file()}
+    message = fails(train_main, [*TINY, f"hydra.run.dir={trained.root}"], capsys)
+    assert f"hydra.run.dir={str(trained.root)!r}: the folder already holds a run (config.yaml)" in message
+    assert f"resume={trained.root}" in message
+    assert {path: path.read_bytes() for path in trained.root.rglob("*") if path.is_file()} == saved
 
 
 def test_console_scripts_exit_non_zero(tmp_path: Path) -> None:

@@ -154,6 +154,12 @@ def test_non_finite_observation_names_env_and_step_and_keeps_saved_files(tmp_pat
         _model(make_vec_env(ToyEnv, n_envs=2, seed=0, env_kwargs={"nan_at": 5}), check_finite=False).learn(48)
 
 
+def test_evaluation_names_the_env_and_step_of_a_non_finite_observation():
+    model = _model(make_vec_env(ToyEnv, n_envs=2, seed=0), "gru")
+    with pytest.raises(NonFiniteError, match=r"observation from env 0 at timestep 5"):
+        evaluate(model, make_vec_env(ToyEnv, n_envs=2, seed=0, env_kwargs={"nan_at": 5}), 20)
+
+
 def test_predict_evaluate_policy_and_save_load_round_trip(tmp_path):
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
     model = _model(env, n_steps=16)

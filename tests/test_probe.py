@@ -1,13 +1,12 @@
 """The supervised recall probes of ``scripts/probe_recall.py``: episodes laid out as the envs', and a short run."""
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from script_loader import load_script
 from stable_baselines3.common.preprocessing import preprocess_obs
 
 from tmem_agents.algos import MemoryPPO
@@ -18,11 +17,7 @@ from tmem_agents.policies import TensorMemoryExtractor
 from tmem_agents.train import build_model
 from tmem_agents.train import main as train_main
 
-_SPEC = importlib.util.spec_from_file_location(
-    "probe_recall", Path(__file__).resolve().parents[1] / "scripts" / "probe_recall.py"
-)
-probe_recall = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(probe_recall)
+probe_recall = load_script("probe_recall")
 
 
 def _args(**overrides) -> argparse.Namespace:
@@ -111,11 +106,7 @@ def test_reinforce_probe_trains_a_gaussian_policy_from_the_query_or_every_step()
         probe_recall.Probe(_args(reinforce="query"))
 
 
-_SPEC_START = importlib.util.spec_from_file_location(
-    "start_sensitivity", Path(__file__).resolve().parents[1] / "scripts" / "start_sensitivity.py"
-)
-start_sensitivity = importlib.util.module_from_spec(_SPEC_START)
-_SPEC_START.loader.exec_module(start_sensitivity)
+start_sensitivity = load_script("start_sensitivity")
 
 
 def test_start_sensitivity_tells_a_memory_that_carries_the_objects_from_one_that_does_not():
@@ -163,11 +154,7 @@ def test_start_sensitivity_measures_a_trained_spatial_recall_run(tmp_path):
         start_sensitivity.trained_readout(str(other), obs)
 
 
-_SPEC_READOUT = importlib.util.spec_from_file_location(
-    "reacher_readout", Path(__file__).resolve().parents[1] / "scripts" / "reacher_readout.py"
-)
-reacher_readout = importlib.util.module_from_spec(_SPEC_READOUT)
-_SPEC_READOUT.loader.exec_module(reacher_readout)
+reacher_readout = load_script("reacher_readout")
 
 
 def test_writes_are_the_write_heads_terms():
@@ -272,11 +259,7 @@ def test_reacher_readout_stem_is_the_frames_encoder_step_by_step(tmp_path):
         torch.testing.assert_close(stem, direct)
 
 
-_SPEC_GRADIENTS = importlib.util.spec_from_file_location(
-    "gradient_shares", Path(__file__).resolve().parents[1] / "scripts" / "gradient_shares.py"
-)
-gradient_shares = importlib.util.module_from_spec(_SPEC_GRADIENTS)
-_SPEC_GRADIENTS.loader.exec_module(gradient_shares)
+gradient_shares = load_script("gradient_shares")
 
 
 @pytest.mark.parametrize(
@@ -317,11 +300,7 @@ def test_gradient_shares_of_a_trained_run(tmp_path):
         gradient_shares.trained_model(str(tmp_path / "missing"))
 
 
-_SPEC_STEM = importlib.util.spec_from_file_location(
-    "image_stem_check", Path(__file__).resolve().parents[1] / "scripts" / "image_stem_check.py"
-)
-image_stem_check = importlib.util.module_from_spec(_SPEC_STEM)
-_SPEC_STEM.loader.exec_module(image_stem_check)
+image_stem_check = load_script("image_stem_check")
 
 
 def test_image_stem_check_finds_the_dot_with_the_nature_cnn_not_with_averaged_patches():

@@ -1,19 +1,15 @@
 """scripts/summarize_results.py: learning curves and evaluation tables of groups of run folders."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 
 def _script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "summarize_results.py"
-    spec = importlib.util.spec_from_file_location("summarize_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("summarize_results")
 
 
 def test_curves_of_run_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

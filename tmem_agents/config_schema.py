@@ -243,7 +243,7 @@ def _check_memory(memory: DictConfig) -> None:
     from tmem_agents.memory import TensorMemoryConfig
 
     try:
-        TensorMemoryConfig(**memory_options(OmegaConf.to_container(memory)))
+        TensorMemoryConfig.from_options(memory_options(OmegaConf.to_container(memory)))
     except ValueError as error:
         raise ConfigError(f"model.memory: {error}") from None
 
@@ -346,6 +346,9 @@ def validate_train(cfg: DictConfig) -> None:
             algo.log_std_init,
             "must be a finite number (the policy's log std at the start)",
         )
+    for name in ("clip_range_vf", "target_kl"):
+        if algo[name] is not None and not algo[name] > 0:
+            _fail(f"algo.{name}", algo[name], "must be > 0, or null to turn it off")
     if algo.batch_size < algo.bptt_len:
         _fail("algo.batch_size", algo.batch_size, f"counts steps and must be >= algo.bptt_len ({algo.bptt_len})")
     _check_reconstruction(algo)
@@ -374,7 +377,12 @@ def validate_train(cfg: DictConfig) -> None:
     if cfg.resume is not None:
         from tmem_agents.run_folder import RunFolder
 
-        RunFolder(Path(cfg.resume)).require_checkpoint("resume")
+        _, steps = RunFolder(Path(cfg.resume)).resume_point("resume")
+        if cfg.total_timesteps <= steps:
+            raise ConfigError(
+                f"total_timesteps={cfg.total_timesteps}: the run has already trained {steps} timesteps; "
+                "pass a larger total_timesteps to continue it"
+            )
 
 
 def validate_eval(cfg: DictConfig) -> None:
@@ -390,6 +398,8 @@ def validate_eval(cfg: DictConfig) -> None:
         _fail("seed", cfg.seed, "must be >= 0 or null")
     if Path(cfg.output).name != cfg.output or not cfg.output.endswith(".json"):
         _fail("output", cfg.output, "must be a file name ending in .json (it is written into the run folder)")
+    if cfg.output == "summary.json":
+        _fail("output", cfg.output, "is the training run's final evaluation; name another file (e.g. eval_final.json)")
     run = RunFolder(Path(cfg.run_dir))
     run.require_config("run_dir")
     run.model_path(cfg.checkpoint)

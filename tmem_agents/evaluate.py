@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from tqdm import tqdm
 
-from tmem_agents.algos import MemoryPPO
+from tmem_agents.algos import MemoryPPO, NonFiniteError
 from tmem_agents.config_schema import ConfigError, compose, register_configs, validate_eval
 from tmem_agents.env_factory import env_builder, make_envs, normalize
 from tmem_agents.evaluation import evaluate
@@ -118,8 +118,8 @@ def _score(model: MemoryPPO, venv: VecEnv, cfg: DictConfig, ablation: bool) -> d
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the run folder's model as ``cfg`` says; write and return the results (``<run_dir>/<output>``)."""
-    torch.set_num_threads(cfg.torch_threads)
     validate_eval(cfg)
+    torch.set_num_threads(cfg.torch_threads)
     run = RunFolder(cfg.run_dir)
     train_cfg = OmegaConf.load(run.config)
     model_path = run.model_path(cfg.checkpoint)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = compose("eval", args)
         results = run_eval(cfg)
-    except (ConfigError, OmegaConfBaseException, HydraException) as error:
+    except (ConfigError, NonFiniteError, OmegaConfBaseException, HydraException) as error:
         print(f"tmem-eval: {error}", file=sys.stderr)
         sys.exit(2)
     line = (
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info(line)
     log.info("results: %s", Path(cfg.run_dir) / cfg.output)
     for path in results.get("videos", []):
-        log.info("video: %s", path)
+        log.info("video: %s", Path(cfg.run_dir) / path)
 
 
 if __name__ == "__main__":

@@ -120,13 +120,25 @@ class RunFolder:
         if not self.config.is_file():
             raise ConfigError(f"{key}={str(self.root)!r}: not a run folder (no config.yaml written by tmem-train)")
 
-    def require_checkpoint(self, key: str) -> Path:
-        """The newest checkpoint; raise :class:`ConfigError` naming ``key`` if there is none."""
+    def require_unused(self, key: str) -> None:
+        """Raise :class:`ConfigError` naming ``key`` if the folder already holds a run (its ``config.yaml``)."""
+        if self.config.is_file():
+            raise ConfigError(
+                f"{key}={str(self.root)!r}: the folder already holds a run (config.yaml); continue it with "
+                f"resume={self.root}, train into another folder, or delete it to start over"
+            )
+
+    def resume_point(self, key: str) -> tuple[Path, int]:
+        """Where the run continues from and its timestep: the final model of a finished run (``summary.json``),
+        else the newest checkpoint; raise :class:`ConfigError` naming ``key`` if there is neither."""
         self.require_config(key)
-        latest = self.latest_checkpoint()
-        if latest is None:
+        if self.finished and self.final_model.is_file():
+            return self.final_model, int(json.loads(self.summary.read_text())["timesteps"])
+        checkpoints = self.list_checkpoints()
+        if not checkpoints:
             raise ConfigError(f"{key}={str(self.root)!r}: the run has no checkpoint in {self.checkpoints} to resume")
-        return latest
+        steps, path = checkpoints[-1]
+        return path, steps
 
     def model_path(self, which: str) -> Path:
         """The model ``final``, ``best``, ``last`` (newest checkpoint) or at the path ``which`` (a checkpoint's,
@@ -134,10 +146,10 @@ class RunFolder:
         paths = {"final": self.final_model, "best": self.best / "model.zip", "last": self.latest_checkpoint()}
         if which not in paths:
             for path in (Path(which), self.root / which):
-                if path.is_file():
+                if path.is_file() and path.suffix == ".zip":
                     return path
             raise ConfigError(
-                f"checkpoint={which!r}: must be one of {list(paths)} or the path of a saved model "
+                f"checkpoint={which!r}: must be one of {list(paths)} or the path of a saved model, a .zip "
                 f"(as given, or inside the run folder {self.root})"
             )
         path = paths[which]

@@ -116,11 +116,10 @@ def _set_aside_progress(run: RunFolder) -> None:
 
 def train(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
     """Train as ``cfg`` says into ``run``; return the final evaluation summary (also in ``summary.json``)."""
-    torch.set_num_threads(cfg.torch_threads)
     validate_train(cfg)
-    checkpoint = RunFolder(cfg.resume).require_checkpoint("resume") if cfg.resume is not None else None
-    run.summary.unlink(missing_ok=True)
-    atomic_write(run.config, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True)))
+    torch.set_num_threads(cfg.torch_threads)
+    check_output_folder(cfg, run.root)
+    checkpoint = None if cfg.resume is None else RunFolder(cfg.resume).resume_point("resume")[0]
     env = make_envs(cfg.env, cfg.algo.n_envs, cfg.seed, cfg.algo.vec_env)
     eval_env = make_envs(cfg.env, cfg.eval_envs, cfg.seed + EVAL_SEED_OFFSET)
     eval_env = normalize(eval_env, cfg.algo, training=False)
@@ -132,18 +131,14 @@ def train(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
         model = MemoryPPO.load(checkpoint, env=env, device=cfg.device)
         log.info("resuming from %s at %d timesteps", checkpoint, model.num_timesteps)
         _set_aside_progress(run)
-    remaining = cfg.total_timesteps - model.num_timesteps
-    if remaining <= 0:
-        raise ConfigError(
-            f"total_timesteps={cfg.total_timesteps}: the run has already trained {model.num_timesteps} timesteps; "
-            "pass a larger total_timesteps to continue it"
-        )
+    run.summary.unlink(missing_ok=True)
+    atomic_write(run.config, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True)))
     model.set_logger(configure(str(run.logs), list(cfg.log_formats)))
     callbacks = [CheckpointCallback(run, cfg.checkpoint_freq, cfg.keep_checkpoints)]
     if cfg.eval_freq > 0:
         callbacks.append(EvalCallback(run, eval_env, cfg.eval_freq, cfg.eval_episodes, cfg.deterministic_eval))
     model.learn(
-        remaining,
+        cfg.total_timesteps - model.num_timesteps,
         callback=callbacks,
         log_interval=cfg.log_interval,
         reset_num_timesteps=checkpoint is None,
@@ -165,6 +160,12 @@ def train(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
     env.close()
     eval_env.close()
     return summary
+
+
+def check_output_folder(cfg: DictConfig, folder: Path) -> None:
+    """Raise :class:`ConfigError` if ``folder`` already holds a run other than the one ``cfg`` resumes."""
+    if cfg.resume is None or folder.resolve() != Path(cfg.resume).resolve():
+        RunFolder(folder).require_unused("hydra.run.dir")
 
 
 def _remove_if_unused(folder: Path) -> None:
@@ -205,7 +206,7 @@ def resume_arguments(args: list[str]) -> list[str]:
     if any(arg in ("-m", "--multirun") for arg in args):
         raise ConfigError(f"resume={values[-1]!r}: cannot be used with --multirun; resume one run at a time")
     run = RunFolder(Path(values[-1]).expanduser().resolve())
-    run.require_checkpoint("resume")
+    run.resume_point("resume")
     saved = run.root / ".hydra" / "overrides.yaml"
     previous = [str(o) for o in OmegaConf.load(saved)] if saved.is_file() else []
     previous = [o for o in previous if not o.startswith("resume=")]
@@ -232,7 +233,11 @@ def main(argv: list[str] | None = None) -> None:
         args = resume_arguments(args)
         overrides = task_overrides(args)
         if overrides is not None:
-            validate_train(compose("train", overrides))
+            cfg = compose("train", overrides)
+            validate_train(cfg)
+            run_dirs = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.run.dir=")]
+            if run_dirs:
+                check_output_folder(cfg, Path(run_dirs[-1]))
     except ConfigError as error:
         print(f"tmem-train: {error}", file=sys.stderr)
         sys.exit(2)

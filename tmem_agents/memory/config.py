@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tmem_agents.gate_init import is_timescale
 from tmem_agents.ops.dispatch import BACKENDS, PADDING_MODES
@@ -112,6 +115,15 @@ class TensorMemoryConfig:
     padding_mode: str = "border"
     backend: str = "auto"
     check_inputs: bool = True
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> TensorMemoryConfig:
+        """The config of keyword ``options``; ``ValueError`` naming any unknown option and the valid ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown memory option(s) {unknown}; valid: {sorted(known)}")
+        return cls(**options)
 
     def __post_init__(self) -> None:
         try:
