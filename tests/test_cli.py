@@ -276,6 +276,7 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         (["model=tensor_memory", "model.image_stem=vit"], "model.image_stem='vit': must be one of"),
         (["model=tensor_memory", "model.head_activation=gelu"], "model.head_activation='gelu': must be one of"),
         (["model=tensor_memory", "model.image_tokens=0"], "model.image_tokens=0: must be >= 1"),
+        (["model=tensor_memory", "model.heads=3"], "model.heads=3: must divide model.token_dim (32)"),
         (["model=lstm", "model.image_encoder=vit"], "model.image_encoder='vit': must be one of"),
         (["model=lstm", "model.forget_timescale_max=1"], "model.forget_timescale_max=1.0: must be a finite number"),
         (
@@ -291,7 +292,9 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         (["algo.log_std_init=nan"], "algo.log_std_init=nan: must be a finite number"),
         (["algo.target_kl=0"], "algo.target_kl=0.0: must be > 0, or null to turn it off"),
         (["algo.clip_range_vf=-1"], "algo.clip_range_vf=-1.0: must be > 0, or null to turn it off"),
-        (["model=tensor_memory", "+model.memory.chanels=8"], "unknown memory option(s) ['chanels']; valid: ["),
+        (["model=tensor_memory", "+model.memory.chanels=8"], "model.memory.chanels: no such option"),
+        (["+seeed=1"], "seeed: no such option (a '+' adds a key nothing reads); valid: ['algo', "),
+        (["+algo.lr=1e-3"], "algo.lr: no such option"),
         (
             ["algo.reconstruction_coef=1", "algo.bptt_len=16", "algo.reconstruction_lags=[1,16]"],
             "each in [1, algo.bptt_len) = [1, 16)",
@@ -314,6 +317,7 @@ def test_bad_train_overrides_fail_clearly(
         (["run_dir=does/not/exist"], "no such folder"),
         (["episodes=zero"], "episodes"),
         (["run_dir=does/not/exist", "torch_threads=0"], "torch_threads=0: must be >= 1"),
+        (["run_dir=does/not/exist", "+episode=50"], "episode: no such option"),
     ],
 )
 def test_bad_eval_overrides_fail_clearly(

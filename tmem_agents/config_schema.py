@@ -8,6 +8,7 @@ Hydra's app, so the commands can check it before any folder is created.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 from dataclasses import dataclass, field
@@ -308,10 +309,27 @@ def validate_env(env: DictConfig) -> None:
         _fail("env.max_episode_steps", env.max_episode_steps, "must be >= 1 or null")
 
 
+def _check_declared(node: DictConfig, prefix: str = "") -> None:
+    """Every key of a structured config node is one its schema declares (``+key=`` adds any key; nothing reads
+    an undeclared one); free-form nodes (``env.kwargs``, ``env.wrappers``) are left alone."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return
+    declared = {f.name for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        if key not in declared:
+            raise ConfigError(
+                f"{prefix}{key}: no such option (a '+' adds a key nothing reads); valid: {sorted(declared)}"
+            )
+        if not OmegaConf.is_missing(node, key) and isinstance(node[key], DictConfig):
+            _check_declared(node[key], f"{prefix}{key}.")
+
+
 def validate_train(cfg: DictConfig) -> None:
     """Check the values of a composed ``tmem-train`` config; raise :class:`ConfigError` naming the key."""
     from tmem_agents.policies import EXTRACTORS
 
+    _check_declared(cfg)
     _at_least(cfg, "", ("total_timesteps", "torch_threads", "log_interval", "checkpoint_freq"), 1)
     _at_least(cfg, "", ("seed", "keep_checkpoints", "eval_freq", "final_eval_episodes"), 0)
     _at_least(cfg, "", ("eval_episodes", "eval_envs"), 1)
@@ -366,6 +384,8 @@ def validate_train(cfg: DictConfig) -> None:
         _one_of("model.image_stem", model.image_stem, IMAGE_STEMS)
         _one_of("model.head_activation", model.head_activation, tuple(HEAD_ACTIVATIONS))
         _at_least(model, "model.", ("token_dim", "n_layers", "heads", "group_size", "image_tokens"), 1)
+        if model.token_dim % model.heads:
+            _fail("model.heads", model.heads, f"must divide model.token_dim ({model.token_dim})")
         _check_memory(model.memory)
     if "image_encoder" in model:
         from tmem_agents.policies.encoders import IMAGE_ENCODERS
@@ -389,6 +409,7 @@ def validate_eval(cfg: DictConfig) -> None:
     """Check the values of a composed ``tmem-eval`` config; raise :class:`ConfigError` naming the key."""
     from tmem_agents.run_folder import RunFolder
 
+    _check_declared(cfg)
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise ConfigError("run_dir is required: tmem-eval run_dir=<run folder written by tmem-train>")
     _at_least(cfg, "", ("episodes", "n_envs", "video_episodes", "fps", "torch_threads"), 1)
