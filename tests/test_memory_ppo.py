@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
 
 from tmem_agents import MemoryPPO
-from tmem_agents.algos import NonFiniteError
+from tmem_agents.algos import NonFiniteError, RecurrentRolloutBuffer
 from tmem_agents.evaluation import evaluate
 from tmem_agents.policies import EXTRACTORS
 from tmem_agents.policies.recurrent_policy import RecurrentActorCriticPolicy, reconstruction_target
@@ -72,6 +73,66 @@ def test_first_minibatch_replay_reproduces_rollout_log_probs(name):
     chunk_pos = torch.arange(20) % 8
     assert starts[chunk_pos != 0].sum() > 0, "the rollout must hold episodes that end mid-chunk"
     assert model.initial_ratio_error is not None and model.initial_ratio_error < 1e-5
+
+
+def _replay_errors(model: MemoryPPO) -> tuple[float, float]:
+    """The largest ``|log_prob - old|`` and ``|value - old|`` over every chunk of the rollout, replayed as
+    training replays it."""
+    model.policy.set_training_mode(True)
+    worst_log_prob = worst_value = 0.0
+    with torch.no_grad():
+        for batch in model.rollout_buffer.sequences(2):
+            values, log_prob, *_ = model.policy.evaluate_sequences(
+                batch.observations, batch.actions, batch.state, batch.episode_starts
+            )
+            valid = batch.mask > 0
+            worst_log_prob = max(worst_log_prob, float((log_prob - batch.old_log_prob).abs()[valid].max()))
+            worst_value = max(worst_value, float((values - batch.old_values).abs()[valid].max()))
+    return worst_log_prob, worst_value
+
+
+@pytest.mark.parametrize("name", ["tensor_memory", "lstm"])
+@pytest.mark.parametrize("share", [True, False])
+def test_replay_of_every_chunk_reproduces_rollout_log_probs_and_values(name, share):
+    env = make_vec_env(ToyEnv, n_envs=3, seed=1)
+    model = _model(env, name, n_steps=20, policy_kwargs={"share_features_extractor": share})
+    _, callback = model._setup_learn(60, None)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    log_prob_error, value_error = _replay_errors(model)
+    assert log_prob_error < 1e-5 and value_error < 1e-5
+    starts = model.rollout_buffer.data["episode_starts"]
+    mid_chunk = (torch.arange(20) % 8 != 0).unsqueeze(1) & (starts > 0)
+    assert mid_chunk.any(), "the rollout must hold episodes that start mid-chunk"
+    starts[mid_chunk] = 0.0  # a replay blind to those starts carries the state across them
+    assert _replay_errors(model)[1] > 1e-3
+
+
+def test_returns_and_advantages_match_sb3s_buffer():
+    """GAE(lambda) over a rollout with episodes ending inside it and one ending at its last step."""
+    n_steps, n_envs, obs_space, action_space = 12, 3, spaces.Box(-1, 1, (2,)), spaces.Discrete(2)
+    rng = np.random.default_rng(0)
+    rewards, values = rng.normal(size=(n_steps, n_envs)), rng.normal(size=(n_steps, n_envs))
+    starts = rng.random((n_steps, n_envs)) < 0.2
+    last_values, dones = rng.normal(size=n_envs), np.array([True, False, False])
+    ours = RecurrentRolloutBuffer(n_steps, n_envs, 4, obs_space, action_space, torch.device("cpu"), 0.9, 0.8)
+    for key, value in (("rewards", rewards), ("values", values), ("episode_starts", starts)):
+        ours.data[key] = torch.as_tensor(value, dtype=torch.float32)
+    ours.compute_returns_and_advantage(torch.as_tensor(last_values, dtype=torch.float32), dones)
+    sb3 = RolloutBuffer(n_steps, obs_space, action_space, "cpu", gae_lambda=0.8, gamma=0.9, n_envs=n_envs)
+    sb3.rewards, sb3.values, sb3.episode_starts = rewards, values, starts.astype(np.float32)
+    sb3.compute_returns_and_advantage(torch.as_tensor(last_values), dones)
+    torch.testing.assert_close(ours.data["advantages"], torch.as_tensor(sb3.advantages, dtype=torch.float32))
+    torch.testing.assert_close(ours.data["returns"], torch.as_tensor(sb3.returns, dtype=torch.float32))
+
+
+def test_same_seed_trains_the_same_tensor_memory():
+    def trained() -> dict[str, torch.Tensor]:
+        model = _model(make_vec_env(ToyEnv, n_envs=2, seed=0), "tensor_memory", n_steps=16)
+        model.learn(64)
+        return model.policy.state_dict()
+
+    first, second = trained(), trained()
+    assert all(torch.equal(value, second[key]) for key, value in first.items())
 
 
 def test_buffer_stores_one_state_per_chunk():
@@ -169,10 +230,14 @@ def test_predict_evaluate_policy_and_save_load_round_trip(tmp_path):
     assert state["pi", "h"].shape[0] == 2
     actions2, state2 = model.predict(obs, state=state, episode_start=np.zeros(2, bool), deterministic=True)
     assert not torch.equal(state2["pi", "h"], state["pi", "h"])
-    mean, _ = evaluate_policy(model, env, n_eval_episodes=2)
-    assert mean > 0
+    returns, lengths = evaluate_policy(model, env, n_eval_episodes=2, return_episode_rewards=True)
+    assert len(returns) == 2 and returns == [float(n) for n in lengths]  # CartPole pays 1 per step
     model.save(tmp_path / "m.zip")
     loaded = MemoryPPO.load(tmp_path / "m.zip", env=env)
+    fresh = _model(env, n_steps=16).policy.state_dict()
+    weights = model.policy.state_dict()
+    assert all(torch.equal(value, loaded.policy.state_dict()[key]) for key, value in weights.items())
+    assert any(not torch.equal(value, fresh[key]) for key, value in weights.items())  # the weights were trained
     sequence = [env.reset() for _ in range(1)] + [np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)] * 5
     state_a = state_b = None
     for ob in sequence:

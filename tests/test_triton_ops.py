@@ -68,11 +68,11 @@ def make_locations(gen: torch.Generator, batch: int, num: int, dtype: torch.dtyp
 
 
 def make_weights(gen: torch.Generator, channels: int, dtype: torch.dtype) -> ConvWeights:
-    """Random conv weights over ``2C`` channels and ``4C`` gates."""
+    """Random conv weights over ``2C`` channels and ``4C`` gates, on ``DEVICE``."""
     c2 = 2 * channels
 
     def rnd(*shape: int, scale: float) -> torch.Tensor:
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype).to(DEVICE)
 
     return ConvWeights(
         rnd(c2, 3, scale=0.6), rnd(c2, scale=0.2), rnd(c2, 3, scale=0.6), rnd(c2, scale=0.2),
@@ -344,7 +344,7 @@ def test_write_masking_with_sentinels(radius: int | None) -> None:
     inputs = write_inputs(14, 2, 11, 3, torch.float32)
     guarded = [sentinel_copy(t) for t in inputs]
     views = [v for v, _ in guarded]
-    out, out_buffer = sentinel_copy(torch.empty(2, 3, *grid))
+    out, out_buffer = sentinel_copy(torch.empty(2, 3, *grid, device=DEVICE))
     triton_write.splat_forward(*views, grid, radius, out=out)
     assert_sentinels(out_buffer)
     assert_close(out, reference.splat_write(*inputs, grid, radius), **F32)
@@ -365,10 +365,10 @@ def test_read_and_step_masking_with_sentinels(padding_mode: str) -> None:
     inputs = step_inputs(16, 2, 5, 7, 3, torch.float32)
     guarded = [sentinel_copy(t) for t in (h, c, *inputs, *weights)]
     views = [v for v, _ in guarded]
-    read, read_buffer = sentinel_copy(torch.empty(2, 5, 3))
+    read, read_buffer = sentinel_copy(torch.empty(2, 5, 3, device=DEVICE))
     triton_read.read_forward(views[0], views[2], padding_mode == "border", out=read)
     assert_close(read, reference.trilinear_read(h, inputs[0], padding_mode), **F32)
-    outs = [sentinel_copy(torch.empty(shape)) for shape in ((2, 5, 3), h.shape, c.shape)]
+    outs = [sentinel_copy(torch.empty(shape, device=DEVICE)) for shape in ((2, 5, 3), h.shape, c.shape)]
     triton_step.memory_step(*views[:6], ConvWeights(*views[6:]), 1, padding_mode, out=tuple(v for v, _ in outs))
     want = reference.memory_step(h, c, *inputs, weights, 1, padding_mode)
     for (got, _), w in zip(outs, want, strict=True):
@@ -493,15 +493,15 @@ def test_module_with_triton_backend_matches_torch_backend_over_steps_with_resets
     memories = {
         backend: TensorMemory(
             TensorMemoryConfig(grid=(3, 4, 5), channels=3, chunk_size=2, backend=backend, **options), 6
-        )
+        ).to(DEVICE)
         for backend in ("torch", "triton")
     }
     memories["triton"].load_state_dict(memories["torch"].state_dict())
     states = {backend: memory.init_state(2) for backend, memory in memories.items()}
     with torch.no_grad():
         for step in range(4):
-            tokens = torch.randn(2, 4, 6)
-            starts = torch.tensor([[0.0, float(step == 2)], [float(step == 1), 0.0]])
+            tokens = torch.randn(2, 4, 6, device=DEVICE)
+            starts = torch.tensor([[0.0, float(step == 2)], [float(step == 1), 0.0]], device=DEVICE)
             outs = {}
             for backend, memory in memories.items():
                 outs[backend], states[backend] = memory(tokens, states[backend], starts)
