@@ -296,11 +296,17 @@ class TruncatedEnv(gym.Env):
 def test_time_limit_truncation_is_bootstrapped_with_the_critic():
     env = make_vec_env(TruncatedEnv, n_envs=2, seed=0)
     model = _model(env, "lstm", n_steps=8, batch_size=16, gamma=0.9)
-    model.learn(16)
+    _, callback = model._setup_learn(8, None)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    obs, state = torch.zeros(2, 2), model.policy.initial_state(2)
+    with torch.no_grad():  # the state an episode reaches after its four steps, and its value there
+        for step in range(4):
+            *_, state = model.policy(obs, state, torch.full((2,), float(step == 0)))
+        bootstrap = model.policy.predict_values(obs, state, torch.zeros(2)).flatten()
     rewards = model.rollout_buffer.data["rewards"]
-    ends = model.rollout_buffer.data["episode_starts"].roll(-1, dims=0)[:-1] > 0  # the step before each start
-    assert torch.all(rewards[:-1][~ends] == 1.0)
-    assert torch.all(rewards[:-1][ends] != 1.0), "truncated steps must add gamma * V(terminal observation)"
+    truncated = torch.tensor([3, 7])  # the last step of each 4-step episode
+    torch.testing.assert_close(rewards[truncated], (1.0 + 0.9 * bootstrap).expand(2, 2))
+    assert torch.all(rewards[torch.tensor([0, 1, 2, 4, 5, 6])] == 1.0)
 
 
 def test_predict_rejects_a_foreign_state_and_bad_episode_start():
