@@ -146,7 +146,7 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local, 
         per_token=per_token,
     )
     memory = TensorMemory(config, 6).double()
-    tokens = torch.randn(2, 8, 6, dtype=torch.float64)
+    tokens = torch.randn(2, 8, 6, dtype=torch.float64, requires_grad=True)
     starts = torch.tensor([[0, 0, 1, 0], [0, 1, 0, 0]], dtype=torch.float64)
     state = memory.init_state(2)
     state = state.apply(lambda t: torch.randn_like(t))
@@ -179,6 +179,14 @@ def test_module_scan_equals_one_reference_step_per_chunk(depthwise_form, local, 
     expected = memory.out_proj(memory.read_norm(torch.cat(reads, 1))).expand(-1, -1, 2, -1).flatten(1, 2)
     assert torch.allclose(out, expected, atol=1e-10)
     assert torch.allclose(new_state["h"], h, atol=1e-10) and torch.allclose(new_state["c"], c, atol=1e-10)
+    params = [tokens, *memory.parameters()]
+    cotangents = [torch.randn_like(t) for t in (out, h, c)]
+
+    def gradients(*outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return torch.autograd.grad(outputs, params, cotangents, retain_graph=True, allow_unused=True)
+
+    for a, b in zip(gradients(out, new_state["h"], new_state["c"]), gradients(expected, h, c), strict=True):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-9))
 
 
 def test_write_gates_equal_the_reference_input_gates(depthwise_form):
