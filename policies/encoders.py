@@ -6,10 +6,13 @@ keypoints (``image_encoder``, one of :data:`IMAGE_ENCODERS`).
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import gymnasium as gym
 import torch
 from gymnasium import spaces
-from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor, NatureCNN
 from torch import nn
 
@@ -30,6 +33,14 @@ def check_observation_space(observation_space: gym.Space) -> None:
             if isinstance(sub, spaces.Dict):
                 raise TypeError(f"nested Dict observation under key {key!r} is not supported: flatten it first")
             check_observation_space(sub)
+    shape = observation_space.shape or ()
+    if isinstance(observation_space, spaces.Box) and len(shape) == 3 and not is_image_space(observation_space, False):
+        warnings.warn(
+            f"observation space {observation_space} is encoded as a flat vector of {math.prod(shape)} values, not as "
+            "an image: SB3 takes a Box as an image only with dtype uint8 and bounds [0, 255]; give frames as uint8 "
+            "to encode them with an image stem",
+            stacklevel=2,
+        )
 
 
 class SpatialSoftmaxCNN(BaseFeaturesExtractor):
@@ -74,6 +85,12 @@ def image_encoder(observation_space: spaces.Box, features_dim: int, kind: str = 
     """An image encoder of ``kind`` (one of :data:`IMAGE_ENCODERS`) for a channels-first image space."""
     if kind not in IMAGE_ENCODERS:
         raise ValueError(f"image_encoder must be one of {IMAGE_ENCODERS}, got {kind!r}")
+    if not is_image_space_channels_first(observation_space):
+        raise ValueError(
+            f"image space of shape {observation_space.shape} is channels-last; the image encoders take "
+            "channels-first (C, H, W) frames, as SB3's algorithms give them (VecTransposeImage): transpose the "
+            "space and its frames"
+        )
     encoder = NatureCNN if kind == "nature_cnn" else SpatialSoftmaxCNN
     return encoder(observation_space, features_dim=features_dim)
 

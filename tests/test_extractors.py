@@ -175,6 +175,10 @@ def test_state_size_is_constant_and_reported():
 def test_unsupported_spaces_and_options_raise_clear_errors():
     with pytest.raises(TypeError, match="unsupported observation space"):
         TensorMemoryExtractor(spaces.Tuple([VECTOR, VECTOR]))
+    with pytest.warns(UserWarning, match=r"encoded as a flat vector of 12 values, not as an image.*uint8"):
+        TensorMemoryExtractor(spaces.Box(0, 1, (3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"image space of shape \(40, 40, 3\) is channels-last"):
+        EXTRACTORS["lstm"](spaces.Box(0, 255, (40, 40, 3), np.uint8))
     with pytest.raises(ValueError, match="unknown memory option"):
         TensorMemoryExtractor(VECTOR, memory={"grids": (4, 4, 4)})
     with pytest.raises(ValueError, match="chunk_size"):
