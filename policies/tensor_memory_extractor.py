@@ -101,8 +101,8 @@ class TensorMemoryExtractor(RecurrentFeaturesExtractor):
     computes reaches the features, and its attention is skipped (its weights stay, so saved models load).
     On the pixel memory reacher (three seeds) it scored behind one head with the reference's update of every
     cell; with ``memory.input_gates``, the local update, writes starting at half strength and the gates started
-    over timescales (``+experiment=pixel_memory_reacher_tensor_memory``) it scores above the LSTM given the same
-    start on average over thirteen seeds, within seed noise (``docs/results.md``).
+    over timescales (``+experiment=pixel_memory_reacher_tensor_memory``) it scores level with the LSTM given the
+    same start over seventeen seeds (``docs/results.md``).
 
     Args:
         memory: a dict of :class:`TensorMemoryConfig` fields, applied over :data:`EXTRACTOR_MEMORY_DEFAULTS` and
