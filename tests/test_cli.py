@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from tmem_agents import configs
 from tmem_agents.algos import MemoryPPO
-from tmem_agents.config_schema import ConfigError, compose
+from tmem_agents.config_schema import ConfigError, compose, validate_train
 from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.evaluate import _renders
 from tmem_agents.evaluate import main as eval_main
@@ -269,6 +269,8 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         (["seeed=1"], "Key 'seeed' not in 'TrainConfig'"),
         (["env=gym", "env.id=NoSuchEnv-v0"], "env.id='NoSuchEnv-v0'"),
         (["+env.wrappers={blur: {}}"], "env.wrappers.blur"),
+        (["+env.kwargs.delays=10"], "env.kwargs: unknown keyword argument(s) ['delays']; CueRecallEnv takes ['delay'"),
+        (["+env.wrappers={flicker: {prob: 2}}"], "env.wrappers.flicker: unknown keyword argument(s) ['prob']"),
         (["resume=does/not/exist"], "resume="),
         (["model=tensor_memory", "model.memory.write_from=raw"], "model.memory: TensorMemoryConfig.write_from"),
         (["model=tensor_memory", "model.memory.grid=[1,4,4]"], "model.memory: TensorMemoryConfig.grid"),
@@ -366,6 +368,7 @@ def test_every_shipped_config_composes_and_every_task_builds(group: str) -> None
     assert names
     for name in names:
         cfg = compose("train", [f"{'+' if group == 'experiment' else ''}{group}={name}"])
+        validate_train(cfg)
         if group == "env" and name != "gym":
             make_envs(cfg.env, 1, seed=0).close()
 

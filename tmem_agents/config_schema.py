@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,9 +289,23 @@ def _check_device(key: str, device: str) -> None:
         _fail(key, device, "is not a torch device (use auto, cpu, cuda or cuda:N)")
 
 
+def _check_keywords(key: str, target: Callable[..., Any], given: Iterable[str], skip: int = 0) -> None:
+    """The keyword arguments ``given`` are ones ``target`` takes (past its first ``skip`` parameters); any are
+    when it takes ``**kwargs``."""
+    params = list(inspect.signature(target).parameters.values())[skip:]
+    if any(param.kind is param.VAR_KEYWORD for param in params):
+        return
+    names = sorted(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ConfigError(f"{key}: unknown keyword argument(s) {unknown}; {target.__name__} takes {names}")
+
+
 def validate_env(env: DictConfig) -> None:
-    """The env id is registered (importing ``module`` of ``module:EnvId``) and the wrappers are known."""
+    """The env id is registered (importing ``module`` of ``module:EnvId``), the wrappers are known, and the env
+    and each wrapper take the keyword arguments given."""
     import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
 
     import tmem_agents.envs  # noqa: F401  (registers the task suite)
     from tmem_agents.env_factory import WRAPPERS
@@ -298,13 +314,16 @@ def validate_env(env: DictConfig) -> None:
     try:
         if module:
             importlib.import_module(module)
-        gym.spec(name)
+        spec = gym.spec(name)
     except (gym.error.Error, ModuleNotFoundError) as error:
         _fail("env.id", env.id, f"is not a registered Gymnasium env ({error})")
+    creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
+    _check_keywords("env.kwargs", creator, env.kwargs or {})
     for name in env.wrappers:
         _one_of(f"env.wrappers.{name}", name, list(WRAPPERS))
         if not isinstance(env.wrappers[name], (DictConfig, dict)) and env.wrappers[name] is not None:
             _fail(f"env.wrappers.{name}", env.wrappers[name], "must be a mapping of keyword arguments (or null)")
+        _check_keywords(f"env.wrappers.{name}", WRAPPERS[name], env.wrappers[name] or {}, skip=1)
     if env.max_episode_steps is not None and env.max_episode_steps < 1:
         _fail("env.max_episode_steps", env.max_episode_steps, "must be >= 1 or null")
 
