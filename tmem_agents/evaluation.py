@@ -9,7 +9,7 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from tmem_agents.algos.memory_ppo import check_finite
+from tmem_agents.algos.memory_ppo import check_finite as require_finite
 
 
 @dataclass
@@ -49,13 +49,13 @@ def evaluate(
     n_episodes: int,
     deterministic: bool = True,
     memory_ablation: bool = False,
-    check_observations: bool = True,
+    check_finite: bool = True,
 ) -> EvalResult:
     """Roll out ``n_episodes`` with ``model.predict``, carrying the state between steps.
 
     ``memory_ablation=True`` resets the state at every step (as if every step began an episode): the drop
     from the normal score is what the memory contributes. Episodes are spread evenly over the envs so the
-    result does not favour short episodes. ``check_observations`` stops at the first NaN or infinite
+    result does not favour short episodes. ``check_finite`` stops at the first NaN or infinite
     observation with a :class:`~tmem_agents.algos.NonFiniteError` naming the env and the step.
     """
     if n_episodes < 1:
@@ -71,8 +71,8 @@ def evaluate(
     episode_starts = np.ones(n_envs, dtype=bool)
     step = 0
     while (counts < targets).any():
-        if check_observations:
-            check_finite("observation", obs, step)
+        if check_finite:
+            require_finite("observation", obs, step)
         step += 1
         starts = np.ones(n_envs, dtype=bool) if memory_ablation else episode_starts
         actions, state = model.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
