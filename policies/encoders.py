@@ -34,7 +34,8 @@ def check_observation_space(observation_space: gym.Space) -> None:
                 raise TypeError(f"nested Dict observation under key {key!r} is not supported: flatten it first")
             check_observation_space(sub)
     shape = observation_space.shape or ()
-    if isinstance(observation_space, spaces.Box) and len(shape) == 3 and not is_image_space(observation_space, False):
+    flat = isinstance(observation_space, spaces.Box) and not is_image_space(observation_space, check_channels=False)
+    if flat and len(shape) == 3:
         warnings.warn(
             f"observation space {observation_space} is encoded as a flat vector of {math.prod(shape)} values, not as "
             "an image: SB3 takes a Box as an image only with dtype uint8 and bounds [0, 255]; give frames as uint8 "
