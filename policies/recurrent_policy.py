@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import gymnasium as gym
 import numpy as np
@@ -361,6 +361,25 @@ class RecurrentActorCriticPolicy(ActorCriticPolicy):
         """Critic values ``(B,)`` of one step from ``state``."""
         _, vf_features, _ = self._features(obs, state, episode_starts, critic_only=True)
         return self.value_net(self.mlp_extractor.forward_critic(vf_features)).flatten()
+
+    def _stateless(self, name: str) -> NoReturn:
+        raise NotImplementedError(
+            f"{type(self).__name__}.{name} would act from the initial state, without what the memory holds: "
+            "use predict(observation, state, episode_start) to act, evaluate_sequences to score stored "
+            "sequences, or forward(obs, state, episode_starts)"
+        )
+
+    def evaluate_actions(self, obs: Obs, actions: torch.Tensor) -> NoReturn:  # type: ignore[override]
+        """SB3's stateless scoring of actions: refused (:meth:`evaluate_sequences` carries the state)."""
+        self._stateless("evaluate_actions")
+
+    def get_distribution(self, obs: Obs) -> NoReturn:  # type: ignore[override]
+        """SB3's stateless action distribution: refused (:meth:`forward` carries the state)."""
+        self._stateless("get_distribution")
+
+    def _predict(self, observation: Obs, deterministic: bool = False) -> NoReturn:  # type: ignore[override]
+        """SB3's stateless action: refused (:meth:`predict` carries the state)."""
+        self._stateless("_predict")
 
     def _check_state(self, state: object, n_envs: int) -> None:
         keys = set(self._extractors())

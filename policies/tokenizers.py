@@ -100,7 +100,7 @@ class ImageTokenizer(ConvCellTokenizer):
         while max(height, width) > MAX_IMAGE_GRID:
             layers += [nn.Conv2d(in_ch, token_dim, kernel_size=4, stride=2, padding=1), nn.ReLU()]
             in_ch = token_dim
-            height, width = (height + 1) // 2, (width + 1) // 2
+            height, width = height // 2, width // 2  # kernel 4, stride 2, padding 1 halves, rounding down
         layers += [nn.Conv2d(in_ch, token_dim, kernel_size=1)]
         super().__init__(observation_space, token_dim, nn.Sequential(*layers))
 

@@ -14,11 +14,12 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from tmem_agents.policies.tensor_memory_extractor import TensorMemoryExtractor
 
 
-def frame_space(observation_space: gym.Space, n_stack: int) -> spaces.Box:
-    """The space of one frame of a ``VecFrameStack`` window of ``n_stack`` frames.
+def stack_axis(observation_space: gym.Space, n_stack: int) -> int:
+    """The axis on which ``VecFrameStack`` stacks ``n_stack`` frames of ``observation_space``.
 
-    Vectors are stacked on their only axis ``(n_stack * d,)``, images on the channel axis: ``(n_stack * C, H, W)``
-    channels-first or ``(H, W, n_stack * C)`` channels-last.
+    Vectors are stacked on their only axis ``(n_stack * d,)``, channels-first images on their first
+    ``(n_stack * C, H, W)``, every other rank-3 Box (channels-last images, and arrays SB3 does not take as
+    images) on its last ``(H, W, n_stack * C)``.
     """
     if isinstance(n_stack, bool) or not isinstance(n_stack, int) or n_stack < 1:
         raise ValueError(f"n_stack must be an int >= 1 (the VecFrameStack window), got {n_stack!r}")
@@ -35,8 +36,16 @@ def frame_space(observation_space: gym.Space, n_stack: int) -> spaces.Box:
             f"observation axis {axis} has {shape[axis]} entries, not a multiple of n_stack={n_stack}; pass the "
             "n_stack given to VecFrameStack"
         )
+    return axis
+
+
+def frame_space(observation_space: gym.Space, n_stack: int) -> spaces.Box:
+    """The space of one frame (the newest) of a ``VecFrameStack`` window of ``n_stack`` frames, in the window's
+    layout (stacked on :func:`stack_axis`)."""
+    axis = stack_axis(observation_space, n_stack)
+    shape = observation_space.shape
     index = [slice(None)] * len(shape)
-    index[axis] = slice(shape[axis] // n_stack * (n_stack - 1), None)  # the newest frame
+    index[axis] = slice(shape[axis] // n_stack * (n_stack - 1), None)
     low, high = observation_space.low[tuple(index)], observation_space.high[tuple(index)]
     return spaces.Box(low, high, dtype=observation_space.dtype)
 
@@ -62,14 +71,14 @@ class WindowedTensorMemoryExtractor(BaseFeaturesExtractor):
         single = frame_space(observation_space, n_stack)
         super().__init__(observation_space, features_dim)
         self.n_stack = n_stack
-        self.channels_last = len(single.shape) == 3 and not is_image_space_channels_first(single)
-        if self.channels_last:  # the tokenizer takes the frame channels-first, as split below
+        self.stacked_last = stack_axis(observation_space, n_stack) == 2
+        if self.stacked_last:  # each frame is split off channels-first, its stacked axis moved to the front
             single = spaces.Box(np.moveaxis(single.low, -1, 0), np.moveaxis(single.high, -1, 0), dtype=single.dtype)
         self.extractor = TensorMemoryExtractor(single, features_dim, **extractor_kwargs)
 
     def frames(self, observations: torch.Tensor) -> torch.Tensor:
-        """``(B, ...)`` windows -> ``(n_stack, B, *frame)`` frames, oldest first (images channels-first)."""
-        if self.channels_last:
+        """``(B, ...)`` windows -> ``(n_stack, B, *frame)`` frames, oldest first, the stacked axis first."""
+        if self.stacked_last:
             observations = observations.movedim(-1, 1)
         batch = observations.shape[0]
         return observations.reshape(batch, self.n_stack, -1, *observations.shape[2:]).transpose(0, 1)

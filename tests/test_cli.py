@@ -294,6 +294,7 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         (["algo.log_std_init=nan"], "algo.log_std_init=nan: must be a finite number"),
         (["algo.target_kl=0"], "algo.target_kl=0.0: must be > 0, or null to turn it off"),
         (["algo.clip_range_vf=-1"], "algo.clip_range_vf=-1.0: must be > 0, or null to turn it off"),
+        (["algo.bptt_len=256", "algo.batch_size=256"], "algo.bptt_len=256: must be <= algo.n_steps (64)"),
         (["model=tensor_memory", "+model.memory.chanels=8"], "model.memory.chanels: no such option"),
         (["+seeed=1"], "seeed: no such option (a '+' adds a key nothing reads); valid: ['algo', "),
         (["+algo.lr=1e-3"], "algo.lr: no such option"),

@@ -12,6 +12,7 @@ from tmem_agents.ops import write_mass
 from tmem_agents.policies import EXTRACTORS, TensorMemoryExtractor
 from tmem_agents.policies.base import map_obs
 from tmem_agents.policies.encoders import SpatialSoftmaxCNN
+from tmem_agents.policies.tokenizers import ImageTokenizer
 
 VECTOR = spaces.Box(-1, 1, (6,), np.float32)
 IMAGE = spaces.Box(0, 255, (3, 40, 44), np.uint8)
@@ -35,6 +36,12 @@ def _obs(space, steps, batch, seed=0):
         raw = torch.as_tensor(np.array(sample))
     flat = map_obs(lambda x: x.reshape(steps * batch, *x.shape[2:]), raw)
     return map_obs(lambda x: x.reshape(steps, batch, *x.shape[1:]), preprocess_obs(flat, space))
+
+
+@pytest.mark.parametrize(("size", "cells"), [(9, 4), (16, 8), (17, 8), (33, 8), (35, 8), (64, 8), (65, 8)])
+def test_the_patch_stem_halves_down_to_at_most_8x8_cells(size, cells):
+    tokenizer = ImageTokenizer(spaces.Box(0, 255, (3, size, size), np.uint8), token_dim=8)
+    assert tokenizer.map_size == (cells, cells)
 
 
 @pytest.mark.parametrize("name", list(EXTRACTORS))

@@ -273,6 +273,8 @@ def test_bad_arguments_raise_clear_errors():
         _model(env, bptt_len=0)
     with pytest.raises(ValueError, match="batch_size"):
         _model(env, batch_size=4, bptt_len=8)
+    with pytest.raises(ValueError, match=r"bptt_len \(32\) must be <= n_steps \(24\)"):
+        _model(env, bptt_len=32)
     with pytest.raises(TypeError, match="RecurrentFeaturesExtractor"):
         MemoryPPO("MlpPolicy", env, policy_kwargs={"features_extractor_class": torch.nn.Linear})
 
@@ -309,6 +311,23 @@ def test_time_limit_truncation_is_bootstrapped_with_the_critic():
     assert torch.all(rewards[torch.tensor([0, 1, 2, 4, 5, 6])] == 1.0)
 
 
+def test_a_rollout_stopped_by_a_callback_keeps_the_state_of_its_last_observation():
+    class StopAtThirdStep(BaseCallback):
+        def _on_step(self):
+            return self.n_calls < 3
+
+    env = make_vec_env(TruncatedEnv, n_envs=2, seed=0)
+    model = _model(env, "lstm", n_steps=8, batch_size=16)
+    model.learn(16, callback=StopAtThirdStep())
+    obs, state = torch.zeros(2, 2), model.policy.initial_state(2)
+    with torch.no_grad():  # the two steps that finished before the stop, from the episodes' start
+        for step in range(2):
+            *_, state = model.policy(obs, state, torch.full((2,), float(step == 0)))
+    assert not model._last_episode_starts.any()
+    for key in ("h", "c"):
+        torch.testing.assert_close(model._last_state["pi", key], state["pi", key])
+
+
 def test_predict_rejects_a_foreign_state_and_bad_episode_start():
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
     model = _model(env, "lstm", n_steps=16)
@@ -320,6 +339,18 @@ def test_predict_rejects_a_foreign_state_and_bad_episode_start():
         model.predict(obs, state=(np.zeros((1, 2, 16)), np.zeros((1, 2, 16))))
     with pytest.raises(ValueError, match="episode_start"):
         model.predict(obs, state=state, episode_start=np.zeros(3, bool))
+
+
+def test_sb3s_stateless_policy_calls_are_refused_naming_the_stateful_ones():
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
+    policy = _model(env, "lstm", n_steps=16).policy
+    obs = torch.zeros(2, 4)
+    with pytest.raises(NotImplementedError, match="evaluate_actions would act from the initial state.*evaluate_seq"):
+        policy.evaluate_actions(obs, torch.zeros(2))
+    with pytest.raises(NotImplementedError, match="get_distribution would act from the initial state"):
+        policy.get_distribution(obs)
+    with pytest.raises(NotImplementedError, match="_predict would act from the initial state.*predict\\(observation"):
+        policy._predict(obs)
 
 
 def test_default_optimizer_is_sb3_adam_with_the_fused_update_and_kwargs_override_it():

@@ -329,6 +329,7 @@ def test_bad_inputs_raise_clear_errors():
         ("read_cube", -0.5),
         ("read_grid", "yes"),
         ("write_grad", 0),
+        ("check_inputs", "false"),
         ("forget_timescale_max", 1.5),
         ("forget_timescale_max", float("nan")),
     ],

@@ -1,5 +1,7 @@
 """The windowed Tensor Memory: a stateless extractor over VecFrameStack windows for stock SB3 algorithms."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from stable_baselines3.common.vec_env import VecFrameStack
 
 import tmem_agents.envs  # noqa: F401  (registers the tasks)
 from tmem_agents.policies import WindowedTensorMemoryExtractor
-from tmem_agents.policies.windowed import frame_space
+from tmem_agents.policies.windowed import frame_space, stack_axis
 
 
 def test_features_equal_the_memory_run_over_the_frames_from_zero():
@@ -29,12 +31,29 @@ def test_features_equal_the_memory_run_over_the_frames_from_zero():
     assert torch.equal(extractor(windows), features)
 
 
-@pytest.mark.parametrize("shape, stacked", [((3, 8, 8), (6, 8, 8)), ((8, 8, 3), (8, 8, 6))])
-def test_image_windows_split_on_the_channel_axis(shape, stacked):
-    space = spaces.Box(0, 255, stacked, dtype=np.uint8)
-    assert frame_space(space, 2).shape == shape
-    extractor = WindowedTensorMemoryExtractor(space, n_stack=2, features_dim=8)
-    assert extractor(torch.rand(2, *stacked)).shape == (2, 8)
+@pytest.mark.parametrize(
+    "stacked, frame, dtype",
+    [((6, 8, 8), (3, 8, 8), np.uint8), ((8, 8, 6), (8, 8, 3), np.uint8), ((2, 5, 10), (2, 5, 5), np.float32)],
+    ids=["image-channels-first", "image-channels-last", "non-image-rank-3"],
+)
+def test_rank3_windows_split_on_the_stacked_axis(stacked, frame, dtype):
+    torch.manual_seed(0)
+    space = spaces.Box(0, 255 if dtype == np.uint8 else 1, stacked, dtype=dtype)
+    assert frame_space(space, 2).shape == frame
+    last = stack_axis(space, 2) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the non-image Box is encoded as a flat vector
+        extractor = WindowedTensorMemoryExtractor(space, n_stack=2, features_dim=8)
+    windows = torch.rand(2, *stacked) * (255 if dtype == np.uint8 else 1)
+    inner = extractor.extractor
+    state = inner.initial_state(2)
+    for t in range(2):
+        if last:  # frame t is the stacked axis' t-th half, given to the memory with that axis first
+            observed = windows[..., frame[2] * t : frame[2] * (t + 1)].movedim(-1, 1)
+        else:
+            observed = windows[:, frame[0] * t : frame[0] * (t + 1)]
+        expected, state = inner.step(observed, state, torch.zeros(2))
+    assert torch.allclose(extractor(windows), expected, atol=1e-5)
 
 
 def test_bad_windows_are_refused_with_the_reason():

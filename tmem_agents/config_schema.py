@@ -388,6 +388,12 @@ def validate_train(cfg: DictConfig) -> None:
             _fail(f"algo.{name}", algo[name], "must be > 0, or null to turn it off")
     if algo.batch_size < algo.bptt_len:
         _fail("algo.batch_size", algo.batch_size, f"counts steps and must be >= algo.bptt_len ({algo.bptt_len})")
+    if algo.bptt_len > algo.n_steps:
+        _fail(
+            "algo.bptt_len",
+            algo.bptt_len,
+            f"must be <= algo.n_steps ({algo.n_steps}): each chunk is cut from one rollout of n_steps steps per env",
+        )
     _check_reconstruction(algo)
     model = cfg.model
     if model.name not in EXTRACTORS:

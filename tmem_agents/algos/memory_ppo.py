@@ -145,6 +145,11 @@ class MemoryPPO(OnPolicyAlgorithm):
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
         if batch_size < bptt_len:
             raise ValueError(f"batch_size ({batch_size}) counts steps and must be >= bptt_len ({bptt_len})")
+        if bptt_len > n_steps:
+            raise ValueError(
+                f"bptt_len ({bptt_len}) must be <= n_steps ({n_steps}): each chunk is cut from one rollout of "
+                "n_steps steps per env"
+            )
         reconstruction_lags = check_reconstruction(reconstruction_coef, reconstruction_lags, bptt_len)
         check_loss_coef("image_reconstruction_coef", image_reconstruction_coef)
         for name, argument in (
@@ -285,8 +290,7 @@ class MemoryPPO(OnPolicyAlgorithm):
             rollout_buffer.add(self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs, state)
             self._last_obs = new_obs
             self._last_episode_starts = dones
-            state = new_state
-        self._last_state = state
+            self._last_state = state = new_state
         with torch.no_grad():
             starts = torch.as_tensor(dones, dtype=torch.float32, device=self.device)
             last_values = self.policy.predict_values(obs_as_tensor(new_obs, self.device), state, starts)

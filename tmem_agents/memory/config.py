@@ -146,7 +146,7 @@ class TensorMemoryConfig:
                 "TensorMemoryConfig.forget_timescale_max must be a finite number of steps >= 2, or None; "
                 f"got {self.forget_timescale_max!r}"
             )
-        flags = (
+        for name in (
             "local_update",
             "input_gates",
             "read_norm",
@@ -155,8 +155,9 @@ class TensorMemoryConfig:
             "read_after_write",
             "per_token",
             "inner_places",
-        )
-        for name in (*flags, "write_grad"):
+            "write_grad",
+            "check_inputs",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TensorMemoryConfig.{name} must be true or false; got {getattr(self, name)!r}")
         if self.read_norm and self.read_standardize:

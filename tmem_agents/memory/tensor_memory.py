@@ -26,8 +26,8 @@ class TensorMemory(nn.Module):
     ``x_r``, a learned projection of all its tokens (or of the same chunk of ``write_tokens``) the write input
     ``x_w``. One coordinate head serves both, ``p = tanh(W_coord x)`` in ``[-1, 1]^3`` as ``(x, y, z)`` indexing
     ``(W, H, D)``, so a token that wrote at ``p`` reads from ``p`` when seen again. The write carries ``v = W_v
-    x_w`` with spread ``sigma = sigma_scale * (softplus(w_s x_w) + 1e-4)`` (and, with ``input_gates``, ``W_gate
-    x_w`` added to every cell's gates). Each step reads ``h`` at ``p_r`` (or at
+    x_w`` with spread ``sigma = sigma_scale * (softplus(w_s x_w + b_s) + 1e-4)`` (and, with ``input_gates``,
+    ``W_gate x_w`` added to every cell's gates). Each step reads ``h`` at ``p_r`` (or at
     the 8 corners of a cube around it, ``read_cube``; or reads every cell, ``read_grid``), then writes and updates
     (:func:`tmem_agents.ops.memory_step`); with ``read_after_write`` it reads the state after its write instead.
     The chunk's read vector is projected back to ``d`` (``out_proj``) and broadcast to its tokens. With
