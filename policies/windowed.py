@@ -14,40 +14,71 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from tmem_agents.policies.tensor_memory_extractor import TensorMemoryExtractor
 
 
-def stack_axis(observation_space: gym.Space, n_stack: int) -> int:
-    """The axis on which ``VecFrameStack`` stacks ``n_stack`` frames of ``observation_space``.
+def _sb3_stacks_first(frame: spaces.Box) -> bool:
+    """Whether ``VecFrameStack(channels_order=None)`` stacks frames of ``frame`` on their first axis: a
+    channels-first image by SB3's rule (the smallest axis first); everything else goes on the last."""
+    return is_image_space(frame, check_channels=False) and is_image_space_channels_first(frame)
 
-    Vectors are stacked on their only axis ``(n_stack * d,)``, channels-first images on their first
-    ``(n_stack * C, H, W)``, every other rank-3 Box (channels-last images, and arrays SB3 does not take as
-    images) on its last ``(H, W, n_stack * C)``.
+
+def _frame(observation_space: spaces.Box, n_stack: int, axis: int) -> spaces.Box:
+    """The newest of the ``n_stack`` frames stacked on ``axis``."""
+    index = [slice(None)] * len(observation_space.shape)
+    index[axis] = slice(observation_space.shape[axis] // n_stack * (n_stack - 1), None)
+    low, high = observation_space.low[tuple(index)], observation_space.high[tuple(index)]
+    return spaces.Box(low, high, dtype=observation_space.dtype)
+
+
+def stack_axis(observation_space: gym.Space, n_stack: int, channels_order: str | None = None) -> int:
+    """The axis on which ``VecFrameStack(n_stack, channels_order)`` stacked the frames of a window.
+
+    ``channels_order`` is ``VecFrameStack``'s: ``"first"`` or ``"last"``, or ``None`` for its own choice, which
+    depends on one frame's shape: channels-first images ``(C, H, W)`` are stacked on their first axis
+    ``(n_stack * C, H, W)``, every other Box on its last (``(n_stack * d,)``, ``(H, W, n_stack * C)``). With
+    ``None`` the axis is the one whose frame that choice would stack there; a window that two frame shapes
+    could give (``(12, 8, 8)``: four ``(3, 8, 8)`` or four ``(12, 8, 2)``) needs ``channels_order``.
     """
     if isinstance(n_stack, bool) or not isinstance(n_stack, int) or n_stack < 1:
         raise ValueError(f"n_stack must be an int >= 1 (the VecFrameStack window), got {n_stack!r}")
+    if channels_order not in (None, "first", "last"):
+        raise ValueError(f"channels_order must be 'first', 'last' or None, as VecFrameStack's; got {channels_order!r}")
     if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) not in (1, 3):
         raise TypeError(
             f"the windowed Tensor Memory takes a VecFrameStack of Box vectors or images, got {observation_space}; "
             "use MemoryPPO with TensorMemoryExtractor for other spaces"
         )
     shape = observation_space.shape
-    image = is_image_space(observation_space, check_channels=False)
-    axis = 0 if len(shape) == 1 or (image and is_image_space_channels_first(observation_space)) else len(shape) - 1
-    if shape[axis] % n_stack:
+    last = len(shape) - 1
+    if channels_order is not None or last == 0:
+        axis = 0 if channels_order == "first" else last
+        if shape[axis] % n_stack:
+            raise ValueError(
+                f"observation axis {axis} has {shape[axis]} entries, not a multiple of n_stack={n_stack}; pass the "
+                "n_stack (and channels_order) given to VecFrameStack"
+            )
+        return axis
+    axes = [
+        axis
+        for axis in (0, last)
+        if shape[axis] % n_stack == 0 and _sb3_stacks_first(_frame(observation_space, n_stack, axis)) == (axis == 0)
+    ]
+    if not axes:
         raise ValueError(
-            f"observation axis {axis} has {shape[axis]} entries, not a multiple of n_stack={n_stack}; pass the "
-            "n_stack given to VecFrameStack"
+            f"no frame of a window {shape} is stacked {n_stack} times the way VecFrameStack stacks it; pass the "
+            "n_stack (and channels_order) given to VecFrameStack"
         )
-    return axis
+    if len(axes) == 2:
+        raise ValueError(
+            f"a window {shape} of {n_stack} frames may be stacked on axis 0 or {last} (frames of "
+            f"{_frame(observation_space, n_stack, 0).shape} or {_frame(observation_space, n_stack, last).shape}); "
+            "pass channels_order='first' or 'last' as VecFrameStack was given, or the order it chose"
+        )
+    return axes[0]
 
 
-def frame_space(observation_space: gym.Space, n_stack: int) -> spaces.Box:
+def frame_space(observation_space: gym.Space, n_stack: int, channels_order: str | None = None) -> spaces.Box:
     """The space of one frame (the newest) of a ``VecFrameStack`` window of ``n_stack`` frames, in the window's
     layout (stacked on :func:`stack_axis`)."""
-    axis = stack_axis(observation_space, n_stack)
-    shape = observation_space.shape
-    index = [slice(None)] * len(shape)
-    index[axis] = slice(shape[axis] // n_stack * (n_stack - 1), None)
-    low, high = observation_space.low[tuple(index)], observation_space.high[tuple(index)]
-    return spaces.Box(low, high, dtype=observation_space.dtype)
+    return _frame(observation_space, n_stack, stack_axis(observation_space, n_stack, channels_order))
 
 
 class WindowedTensorMemoryExtractor(BaseFeaturesExtractor):
@@ -61,17 +92,24 @@ class WindowedTensorMemoryExtractor(BaseFeaturesExtractor):
 
     Args:
         n_stack: the ``n_stack`` of the ``VecFrameStack``.
+        channels_order: its ``channels_order`` (``None``: :func:`stack_axis` works out the axis it chose).
         features_dim: output features.
         extractor_kwargs: further :class:`TensorMemoryExtractor` arguments (``token_dim``, ``memory``, ...).
     """
 
     def __init__(
-        self, observation_space: gym.Space, n_stack: int, features_dim: int = 64, **extractor_kwargs: Any
+        self,
+        observation_space: gym.Space,
+        n_stack: int,
+        features_dim: int = 64,
+        channels_order: str | None = None,
+        **extractor_kwargs: Any,
     ) -> None:
-        single = frame_space(observation_space, n_stack)
+        axis = stack_axis(observation_space, n_stack, channels_order)
+        single = frame_space(observation_space, n_stack, channels_order)
         super().__init__(observation_space, features_dim)
         self.n_stack = n_stack
-        self.stacked_last = stack_axis(observation_space, n_stack) == 2
+        self.stacked_last = axis == 2
         if self.stacked_last:  # each frame is split off channels-first, its stacked axis moved to the front
             single = spaces.Box(np.moveaxis(single.low, -1, 0), np.moveaxis(single.high, -1, 0), dtype=single.dtype)
         self.extractor = TensorMemoryExtractor(single, features_dim, **extractor_kwargs)

@@ -2,13 +2,14 @@
 
 import warnings
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import VecFrameStack
+from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
 import tmem_agents.envs  # noqa: F401  (registers the tasks)
 from tmem_agents.policies import WindowedTensorMemoryExtractor
@@ -32,28 +33,46 @@ def test_features_equal_the_memory_run_over_the_frames_from_zero():
 
 
 @pytest.mark.parametrize(
-    "stacked, frame, dtype",
-    [((6, 8, 8), (3, 8, 8), np.uint8), ((8, 8, 6), (8, 8, 3), np.uint8), ((2, 5, 10), (2, 5, 5), np.float32)],
-    ids=["image-channels-first", "image-channels-last", "non-image-rank-3"],
+    "stacked, frame, dtype, order",
+    [
+        ((6, 8, 8), (3, 8, 8), np.uint8, "first"),
+        ((8, 8, 6), (8, 8, 3), np.uint8, "last"),
+        ((7, 7, 9), (7, 7, 3), np.uint8, None),  # only the last axis holds three frames
+        ((2, 5, 10), (2, 5, 5), np.float32, None),  # not an image: stacked on the last axis
+    ],
+    ids=["image-channels-first", "image-channels-last", "image-auto", "non-image-rank-3"],
 )
-def test_rank3_windows_split_on_the_stacked_axis(stacked, frame, dtype):
+def test_rank3_windows_split_on_the_stacked_axis(stacked, frame, dtype, order):
     torch.manual_seed(0)
+    n_stack = stacked[0] // frame[0] if stacked[0] != frame[0] else stacked[2] // frame[2]
     space = spaces.Box(0, 255 if dtype == np.uint8 else 1, stacked, dtype=dtype)
-    assert frame_space(space, 2).shape == frame
-    last = stack_axis(space, 2) == 2
+    assert frame_space(space, n_stack, order).shape == frame
+    last = stack_axis(space, n_stack, order) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the non-image Box is encoded as a flat vector
-        extractor = WindowedTensorMemoryExtractor(space, n_stack=2, features_dim=8)
+        extractor = WindowedTensorMemoryExtractor(space, n_stack=n_stack, features_dim=8, channels_order=order)
     windows = torch.rand(2, *stacked) * (255 if dtype == np.uint8 else 1)
     inner = extractor.extractor
     state = inner.initial_state(2)
-    for t in range(2):
-        if last:  # frame t is the stacked axis' t-th half, given to the memory with that axis first
+    for t in range(n_stack):
+        if last:  # frame t is the stacked axis' t-th part, given to the memory with that axis first
             observed = windows[..., frame[2] * t : frame[2] * (t + 1)].movedim(-1, 1)
         else:
             observed = windows[:, frame[0] * t : frame[0] * (t + 1)]
         expected, state = inner.step(observed, state, torch.zeros(2))
     assert torch.allclose(extractor(windows), expected, atol=1e-5)
+
+
+def test_the_stacked_axis_is_the_one_vecframestack_chose():
+    for frame, n_stack in (((3, 84, 84), 4), ((64, 64, 3), 4), ((1, 40, 40), 4), ((10, 10, 4), 3)):
+        venv = VecFrameStack(DummyVecEnv([lambda frame=frame: ImageEnv(frame)]), n_stack=n_stack)
+        stacked = venv.observation_space
+        assert frame_space(stacked, n_stack).shape == frame, (frame, n_stack)
+    with pytest.raises(ValueError, match=r"may be stacked on axis 0 or 2.*channels_order='first' or 'last'"):
+        stack_axis(spaces.Box(0, 255, (12, 8, 8), np.uint8), 4)  # four (3, 8, 8) or four (12, 8, 2)
+    assert stack_axis(spaces.Box(0, 255, (12, 8, 8), np.uint8), 4, "first") == 0
+    with pytest.raises(ValueError, match="channels_order must be"):
+        stack_axis(spaces.Box(0, 255, (12, 8, 8), np.uint8), 4, "middle")
 
 
 def test_bad_windows_are_refused_with_the_reason():
@@ -63,6 +82,20 @@ def test_bad_windows_are_refused_with_the_reason():
         WindowedTensorMemoryExtractor(spaces.Box(-1, 1, (6,)), n_stack=0)
     with pytest.raises(TypeError, match="VecFrameStack of Box"):
         WindowedTensorMemoryExtractor(spaces.Discrete(3), n_stack=1)
+
+
+class ImageEnv(gym.Env):
+    """Blank uint8 frames of a given shape."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.observation_space = spaces.Box(0, 255, shape, np.uint8)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(self.observation_space.shape, np.uint8), {}
+
+    def step(self, action):
+        return np.zeros(self.observation_space.shape, np.uint8), 0.0, False, False, {}
 
 
 def _stacked(env_id: str, n_stack: int) -> VecFrameStack:
