@@ -299,6 +299,10 @@ def fails(command: object, args: list[str], capsys: pytest.CaptureFixture[str]) 
         (["+seeed=1"], "seeed: no such option (a '+' adds a key nothing reads); valid: ['algo', "),
         (["+algo.lr=1e-3"], "algo.lr: no such option"),
         (
+            ["env=cue_recall", "env.kwargs.delay=-1"],
+            "tmem-train: the envs or the model could not be built from this config: delay must be an int >= 0",
+        ),
+        (
             ["algo.reconstruction_coef=1", "algo.bptt_len=16", "algo.reconstruction_lags=[1,16]"],
             "each in [1, algo.bptt_len) = [1, 16)",
         ),

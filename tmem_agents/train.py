@@ -17,6 +17,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from stable_baselines3.common.logger import configure
@@ -120,15 +121,21 @@ def train(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
     torch.set_num_threads(cfg.torch_threads)
     check_output_folder(cfg, run.root)
     checkpoint = None if cfg.resume is None else RunFolder(cfg.resume).resume_point("resume")[0]
-    env = make_envs(cfg.env, cfg.algo.n_envs, cfg.seed, cfg.algo.vec_env)
-    eval_env = make_envs(cfg.env, cfg.eval_envs, cfg.seed + EVAL_SEED_OFFSET)
-    eval_env = normalize(eval_env, cfg.algo, training=False)
-    if checkpoint is None:
-        env = normalize(env, cfg.algo)
-        model = build_model(cfg, env)
-    else:
-        env = normalize(env, cfg.algo, stats=normalization_path(checkpoint))
-        model = MemoryPPO.load(checkpoint, env=env, device=cfg.device)
+    try:
+        env = make_envs(cfg.env, cfg.algo.n_envs, cfg.seed, cfg.algo.vec_env)
+        eval_env = make_envs(cfg.env, cfg.eval_envs, cfg.seed + EVAL_SEED_OFFSET)
+        eval_env = normalize(eval_env, cfg.algo, training=False)
+        if checkpoint is None:
+            env = normalize(env, cfg.algo)
+            model = build_model(cfg, env)
+        else:
+            env = normalize(env, cfg.algo, stats=normalization_path(checkpoint))
+            model = MemoryPPO.load(checkpoint, env=env, device=cfg.device)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"the envs or the model could not be built from this config: {error}") from error
+    if checkpoint is not None:
         log.info("resuming from %s at %d timesteps", checkpoint, model.num_timesteps)
         _set_aside_progress(run)
     run.summary.unlink(missing_ok=True)
@@ -180,6 +187,12 @@ def hydra_train(cfg: DictConfig) -> float | None:
     folder = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = train(cfg, RunFolder(folder))
+    except ConfigError as error:
+        _remove_if_unused(folder)
+        if HydraConfig.get().mode != RunMode.RUN:
+            raise
+        print(f"tmem-train: {error}", file=sys.stderr)
+        sys.exit(2)
     except BaseException:
         _remove_if_unused(folder)
         raise
