@@ -92,8 +92,9 @@ class WindowedTensorMemoryExtractor(BaseFeaturesExtractor):
 
     Args:
         n_stack: the ``n_stack`` of the ``VecFrameStack``.
-        channels_order: its ``channels_order`` (``None``: :func:`stack_axis` works out the axis it chose).
         features_dim: output features.
+        channels_order: the ``VecFrameStack``'s ``channels_order`` (``None``: :func:`stack_axis` works out the
+            axis it chose).
         extractor_kwargs: further :class:`TensorMemoryExtractor` arguments (``token_dim``, ``memory``, ...).
     """
 
