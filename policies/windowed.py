@@ -107,7 +107,7 @@ class WindowedTensorMemoryExtractor(BaseFeaturesExtractor):
         **extractor_kwargs: Any,
     ) -> None:
         axis = stack_axis(observation_space, n_stack, channels_order)
-        single = frame_space(observation_space, n_stack, channels_order)
+        single = _frame(observation_space, n_stack, axis)
         super().__init__(observation_space, features_dim)
         self.n_stack = n_stack
         self.stacked_last = axis == 2

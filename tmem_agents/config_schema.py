@@ -12,10 +12,11 @@ import dataclasses
 import importlib
 import inspect
 import math
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
@@ -25,6 +26,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 class ConfigError(ValueError):
     """A config value is out of range, unknown or inconsistent; the message names the key and the value."""
+
+
+def exit_refused(program: str, error: Exception) -> NoReturn:
+    """End a console script that refuses its command line: ``<program>: <error>`` on stderr, exit status 2."""
+    print(f"{program}: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 @dataclass

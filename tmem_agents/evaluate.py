@@ -20,7 +20,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from tqdm import tqdm
 
 from tmem_agents.algos import MemoryPPO, NonFiniteError
-from tmem_agents.config_schema import ConfigError, compose, register_configs, validate_eval
+from tmem_agents.config_schema import ConfigError, compose, exit_refused, register_configs, validate_eval
 from tmem_agents.env_factory import env_builder, make_envs, normalize
 from tmem_agents.evaluation import evaluate
 from tmem_agents.memory_viz import MemoryRecorder, write_video
@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose("eval", args)
         results = run_eval(cfg)
     except (ConfigError, NonFiniteError, OmegaConfBaseException, HydraException) as error:
-        print(f"tmem-eval: {error}", file=sys.stderr)
-        sys.exit(2)
+        exit_refused("tmem-eval", error)
     line = (
         f"mean return {results['mean_return']:.3f} +- {results['std_return']:.3f} over {results['episodes']} episodes"
     )

@@ -28,7 +28,14 @@ from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 from tmem_agents.algos import MemoryPPO
 from tmem_agents.callbacks import CheckpointCallback, EvalCallback, save_model
-from tmem_agents.config_schema import ConfigError, compose, memory_options, register_configs, validate_train
+from tmem_agents.config_schema import (
+    ConfigError,
+    compose,
+    exit_refused,
+    memory_options,
+    register_configs,
+    validate_train,
+)
 from tmem_agents.env_factory import make_envs, normalize
 from tmem_agents.evaluation import evaluate
 from tmem_agents.policies import EXTRACTORS
@@ -187,14 +194,10 @@ def hydra_train(cfg: DictConfig) -> float | None:
     folder = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = train(cfg, RunFolder(folder))
-    except ConfigError as error:
+    except BaseException as error:
         _remove_if_unused(folder)
-        if HydraConfig.get().mode != RunMode.RUN:
-            raise
-        print(f"tmem-train: {error}", file=sys.stderr)
-        sys.exit(2)
-    except BaseException:
-        _remove_if_unused(folder)
+        if isinstance(error, ConfigError) and HydraConfig.get().mode == RunMode.RUN:
+            exit_refused("tmem-train", error)
         raise
     log.info("run folder: %s", folder)
     if "mean_return" in summary:
@@ -252,8 +255,7 @@ def main(argv: list[str] | None = None) -> None:
             if run_dirs:
                 check_output_folder(cfg, Path(run_dirs[-1]))
     except ConfigError as error:
-        print(f"tmem-train: {error}", file=sys.stderr)
-        sys.exit(2)
+        exit_refused("tmem-train", error)
     except (OmegaConfBaseException, HydraException):
         pass  # Hydra's own run reports composition errors with their context
     sys.argv = [sys.argv[0], *args]
